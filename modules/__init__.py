@@ -1,0 +1,1 @@
+"""The engine: models, prompts, sampling and processing, importable without the web UI."""
