@@ -14,7 +14,6 @@ from .safetensors_file import ModelFileError, load_state_dict, read_shapes
 from .spec import (
     UNET_PREFIX,
     VAE_PREFIX,
-    V_PRED_PROBE,
     Family,
     ModelSpec,
     UnknownLayoutError,
@@ -22,6 +21,7 @@ from .spec import (
     detect,
     detect_vae,
     guess_prediction,
+    v_pred_probe_key,
 )
 
 SAMPLE_SIZE = {Family.SD1: 64, Family.SD2: 64, Family.SDXL: 128, Family.SDXL_REFINER: 128}
@@ -53,10 +53,19 @@ class SDModel:
         return self.spec.family
 
 
+def _owned(v, dtype):
+    """One copy out of the file mapping (fused with the dtype change): aligned, writable, file-independent.
+
+    Zero-copy views into a memory-mapped file are not 64-byte aligned, which changes SIMD reduction order (the
+    same weights would give slightly different outputs) and would tie in-place weight patches to file pages.
+    """
+    if dtype is not None and v.is_floating_point() and v.dtype != dtype:
+        return v.to(dtype)
+    return v.clone()
+
+
 def _convert(sd: dict, dtype) -> dict:
-    if dtype is None:
-        return sd
-    return {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in sd.items()}
+    return {k: _owned(v, dtype) for k, v in sd.items()}
 
 
 def _ema_keys(sd: dict) -> dict:
@@ -102,7 +111,7 @@ def _load_single_file(path: Path, options: LoadOptions) -> SDModel:
         sd = _ema_keys(sd)
     prediction = options.prediction or _sidecar_prediction(path)
     if prediction is None:
-        probe = sd.get(V_PRED_PROBE)
+        probe = sd.get(v_pred_probe_key(shapes) or "")
         prediction = guess_prediction(spec, float(probe.float().std(unbiased=False)) if probe is not None else None)
     spec = replace(spec, prediction=prediction)
     notes: list[str] = list(spec.notes)

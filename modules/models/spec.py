@@ -226,9 +226,15 @@ SDXL_TE2 = "conditioner.embedders.1.model."
 REFINER_TE = "conditioner.embedders.0.model."
 
 # A weight statistic that separates SD2 768-v checkpoints from 512 eps ones: after v-objective training the
-# norm1 bias of the last output transformer block has a much larger spread. Community-observed, not a flag.
-V_PRED_PROBE = UNET_PREFIX + "output_blocks.11.1.transformer_blocks.0.norm1.bias"
+# norm1 bias of the last output transformer block (``output_blocks.11.1…`` at full size) has a much larger
+# spread. Community-observed, not a flag: a per-model override or an A1111 sidecar .yaml takes precedence.
 V_PRED_STD_THRESHOLD = 0.09
+
+
+def v_pred_probe_key(shapes) -> str | None:
+    """The norm1 bias of the first transformer block in the last output block that has attention."""
+    blocks = _indices(shapes, re.escape(UNET_PREFIX) + r"output_blocks\.(\d+)\.1\.transformer_blocks\.0\.norm1\.bias")
+    return f"{UNET_PREFIX}output_blocks.{blocks[-1]}.1.transformer_blocks.0.norm1.bias" if blocks else None
 
 
 def detect(shapes: dict[str, tuple[int, ...]], metadata: dict[str, str] | None = None) -> ModelSpec:

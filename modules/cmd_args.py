@@ -1,0 +1,184 @@
+"""Command-line flags (A1111 names) and the typed options object built from them.
+
+Standard library only: ``launch.py`` parses the command line before any dependency is installed.
+The engine receives a frozen :class:`LaunchOptions` and never reads argparse itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+PRECISIONS = ("autocast", "full")
+_DEVICE_PATTERN = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
+
+
+@dataclass(frozen=True)
+class LaunchOptions:
+    """Everything the flags decide, with paths made absolute.
+
+    ``device`` is None for automatic choice (CUDA, then MPS, then CPU), else "cpu", "cuda", "cuda:N" or "mps".
+    """
+
+    skip_install: bool
+    ckpt: Path | None
+    ckpt_dir: Path
+    vae_dir: Path
+    lora_dir: Path
+    embeddings_dir: Path
+    data_dir: Path
+    no_half: bool
+    no_half_vae: bool
+    medvram: bool
+    lowvram: bool
+    precision: str
+    device: str | None
+    allow_pickle: bool
+
+    @property
+    def config_path(self) -> Path:
+        """``config.json`` holding the user's settings."""
+        return self.data_dir / "config.json"
+
+    @property
+    def outputs_dir(self) -> Path:
+        """Root of saved images (``txt2img-images/``, ``img2img-images/`` … below it)."""
+        return self.data_dir / "outputs"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Caches that can be rebuilt (model hashes and the like)."""
+        return self.data_dir / "cache"
+
+
+@dataclass(frozen=True)
+class Invocation:
+    """A parsed command line: an optional subcommand with its own arguments, and the options."""
+
+    command: str | None
+    command_args: tuple[str, ...]
+    options: LaunchOptions
+
+
+def _device(value: str) -> str:
+    if not _DEVICE_PATTERN.fullmatch(value):
+        raise argparse.ArgumentTypeError(f"unknown device {value!r}: use auto, cpu, cuda, cuda:N or mps")
+    return value
+
+
+def _existing_file(value: str) -> Path:
+    path = Path(value).expanduser()
+    if not path.is_file():
+        raise argparse.ArgumentTypeError(f"file not found: {value}")
+    return path.resolve()
+
+
+def _directory(value: str) -> Path:
+    return Path(value).expanduser().resolve()
+
+
+def build_parser(root: Path = REPO_ROOT, commands: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
+    """The parser for ``launch.py [flags] [command [command args…]]``.
+
+    Defaults are relative to ``root``; ``commands`` maps each command name to a one-line help.
+    """
+    root = root.resolve()
+    commands = commands or {}
+    command_lines = "".join(f"\n  {name:<10} {text}" for name, text in sorted(commands.items()))
+    parser = argparse.ArgumentParser(
+        prog="launch.py",
+        usage="%(prog)s [flags] [COMMAND [ARGS ...]]",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Set up the environment (venv, pinned dependencies) and start the Stable Diffusion web UI,\n"
+        "or run COMMAND instead. Flags go before COMMAND; the words after it are COMMAND's own.",
+        epilog=f"commands:{command_lines or ' none'}\n\n"
+        "environment:\n"
+        "  COMMANDLINE_ARGS  flags read before the command line's own\n"
+        "  TORCH_COMMAND     how torch is installed, run as `python -m $TORCH_COMMAND` when torch is missing\n"
+        "                    (default: pip install torch==<tested version>)",
+    )
+    setup = parser.add_argument_group("set-up")
+    setup.add_argument("--skip-install", action="store_true",
+                       help="do not check or install dependencies (fast start)")
+
+    paths = parser.add_argument_group("paths")
+    paths.add_argument("--ckpt", type=_existing_file, default=None, metavar="PATH",
+                       help="checkpoint file to load at start")
+    paths.add_argument("--ckpt-dir", type=_directory, default=root / "models" / "Stable-diffusion", metavar="DIR",
+                       help="folder searched for checkpoints (default: models/Stable-diffusion)")
+    paths.add_argument("--vae-dir", type=_directory, default=root / "models" / "VAE", metavar="DIR",
+                       help="folder searched for VAE files (default: models/VAE)")
+    paths.add_argument("--lora-dir", type=_directory, default=root / "models" / "Lora", metavar="DIR",
+                       help="folder searched for LoRA files (default: models/Lora)")
+    paths.add_argument("--embeddings-dir", type=_directory, default=root / "embeddings", metavar="DIR",
+                       help="folder searched for textual-inversion embeddings (default: embeddings)")
+    paths.add_argument("--data-dir", type=_directory, default=root / "data", metavar="DIR",
+                       help="folder for settings (config.json), saved images (outputs/) and caches (cache/) "
+                       "(default: data)")
+
+    compute = parser.add_argument_group("precision and memory")
+    compute.add_argument("--no-half", action="store_true",
+                         help="keep the UNet and text encoders in fp32 (slower, for GPUs with broken fp16)")
+    compute.add_argument("--no-half-vae", action="store_true",
+                         help="keep the VAE in fp32 (avoids black/NaN images from some VAEs)")
+    memory = compute.add_mutually_exclusive_group()
+    memory.add_argument("--medvram", action="store_true",
+                        help="keep only the component in use (text encoder, UNet or VAE) on the GPU")
+    memory.add_argument("--lowvram", action="store_true",
+                        help="move the model to the GPU module by module (slowest, least memory)")
+    compute.add_argument("--precision", choices=PRECISIONS, default="autocast",
+                         help="autocast: compute in half precision where safe; full: compute in the weights' dtype "
+                         "(default: autocast)")
+    compute.add_argument("--device", type=_device, default="auto",
+                         help="auto, cpu, cuda, cuda:N or mps (default: auto = CUDA, then MPS, then CPU)")
+
+    safety = parser.add_argument_group("safety")
+    safety.add_argument("--allow-pickle", action="store_true",
+                        help="allow .ckpt/.pt files (Python pickles; loaded with torch.load(weights_only=True))")
+
+    parser.add_argument("command", nargs="?", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("command_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    return parser
+
+
+def parse_command_line(
+    argv: Sequence[str],
+    root: Path = REPO_ROOT,
+    commands: Mapping[str, str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Invocation:
+    """Parse ``COMMANDLINE_ARGS`` + ``argv``; exit with a usage message on a bad flag or an unknown command."""
+    env = os.environ if environ is None else environ
+    commands = commands or {}
+    parser = build_parser(root, commands)
+    ns = parser.parse_args([*shlex.split(env.get("COMMANDLINE_ARGS", "")), *argv])
+    if ns.command is not None and ns.command not in commands:
+        parser.error(f"unknown command {ns.command!r} (commands: {', '.join(sorted(commands)) or 'none'})")
+    return Invocation(command=ns.command, command_args=tuple(ns.command_args), options=options_from_namespace(ns))
+
+
+def options_from_namespace(ns: argparse.Namespace) -> LaunchOptions:
+    """The typed options from a namespace made by :func:`build_parser`."""
+    return LaunchOptions(
+        skip_install=ns.skip_install,
+        ckpt=ns.ckpt,
+        ckpt_dir=ns.ckpt_dir,
+        vae_dir=ns.vae_dir,
+        lora_dir=ns.lora_dir,
+        embeddings_dir=ns.embeddings_dir,
+        data_dir=ns.data_dir,
+        no_half=ns.no_half,
+        no_half_vae=ns.no_half_vae,
+        medvram=ns.medvram,
+        lowvram=ns.lowvram,
+        precision=ns.precision,
+        device=None if ns.device == "auto" else ns.device,
+        allow_pickle=ns.allow_pickle,
+    )
