@@ -1,0 +1,45 @@
+"""The one explicit application state, created at start and passed to whatever needs it."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from .cmd_args import LaunchOptions
+from .devices import DevicePlan, plan_devices
+from .hashing import HashCache
+from .models.catalog import CheckpointCatalog, CheckpointInfo, VaeCatalog
+from .models.manager import ModelManager
+
+DEMO_CHECKPOINT = "demo-shapes.safetensors"
+
+
+@dataclass
+class AppState:
+    options: LaunchOptions
+    plan: DevicePlan
+    hashes: HashCache
+    checkpoints: CheckpointCatalog
+    vaes: VaeCatalog
+    models: ModelManager
+
+
+def create_state(options: LaunchOptions) -> AppState:
+    """Build catalogs and the model manager from the launch options (no model is loaded yet)."""
+    plan = plan_devices(options.device, options.no_half, options.no_half_vae, options.medvram, options.lowvram,
+                        options.precision)
+    hashes = HashCache(options.cache_dir / "hashes.json")
+    extra = [options.ckpt] if options.ckpt else []
+    checkpoints = CheckpointCatalog([options.ckpt_dir], hashes, options.allow_pickle, extra)
+    vaes = VaeCatalog(options.vae_dir, options.allow_pickle)
+    models = ModelManager(checkpoints, vaes, plan, options.allow_pickle)
+    return AppState(options, plan, hashes, checkpoints, vaes, models)
+
+
+def default_checkpoint(state: AppState) -> CheckpointInfo | None:
+    """``--ckpt`` if given; else the first checkpoint that is not the bundled demo; else the demo model."""
+    items = state.checkpoints.items()
+    if state.options.ckpt:
+        wanted = Path(state.options.ckpt).resolve()
+        return next((i for i in items if i.path.resolve() == wanted), None)
+    users = [i for i in items if i.path.name != DEMO_CHECKPOINT]
+    return (users or items or [None])[0]

@@ -1,0 +1,138 @@
+"""Device and precision choice, and moving model components to the compute device when memory is short.
+
+Defaults: CUDA in bf16 where the GPU supports it, else fp16; MPS in fp16; CPU in fp32. ``--no-half`` keeps
+the UNet and text encoders in fp32, ``--no-half-vae`` the VAE; ``--precision full`` means fp32 everywhere. ``--medvram`` keeps every component on the CPU
+and moves the one in use to the GPU; ``--lowvram`` moves the model block by block with forward hooks.
+"""
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import gc
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    device: str
+    dtype: object  # torch.dtype of UNet and text encoders
+    vae_dtype: object
+    offload: str = "none"  # "none", "medvram" or "lowvram"
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.device == "cpu"
+
+
+def pick_device(requested: str | None) -> str:
+    import torch
+
+    if requested:
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"--device {requested}: CUDA is not available in this torch build or on this machine")
+        if requested == "mps" and not torch.backends.mps.is_available():
+            raise RuntimeError("--device mps: MPS is not available on this machine")
+        return requested
+    if torch.cuda.is_available():
+        return "cuda"
+    if torch.backends.mps.is_available():
+        return "mps"
+    return "cpu"
+
+
+def plan_devices(device: str | None = None, no_half: bool = False, no_half_vae: bool = False,
+                 medvram: bool = False, lowvram: bool = False, precision: str = "autocast") -> DevicePlan:
+    """Choose device, dtypes and offload mode from the command-line flags."""
+    import torch
+
+    dev = pick_device(device)
+    if dev == "cpu":
+        half = torch.float32
+    elif dev.startswith("cuda"):
+        half = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    else:
+        half = torch.float16
+    full = no_half or precision == "full"  # "full": evaluate everything in fp32, as A1111's --precision full
+    dtype = torch.float32 if full else half
+    vae_dtype = torch.float32 if full or no_half_vae else half
+    offload = "none" if dev == "cpu" else ("lowvram" if lowvram else "medvram" if medvram else "none")
+    return DevicePlan(dev, dtype, vae_dtype, offload)
+
+
+def free_memory() -> None:
+    """Return freed memory to the system (Python, glibc heap and the CUDA cache)."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:
+        pass
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+class Offloader:
+    """Keeps components on the CPU and brings the one in use to the device (medvram) or block by block (lowvram)."""
+
+    def __init__(self, plan: DevicePlan):
+        self.plan = plan
+        self._active = None
+        self._hooked: set[int] = set()
+
+    def place(self, module) -> None:
+        """Initial placement of a freshly loaded component."""
+        if self.plan.offload == "none":
+            module.to(self.plan.device)
+        elif self.plan.offload == "lowvram":
+            self._hook_blocks(module)
+
+    @contextlib.contextmanager
+    def use(self, module):
+        """Context in which ``module`` is on the compute device."""
+        if self.plan.offload == "medvram" and self._active is not module:
+            if self._active is not None:
+                self._active.to("cpu")
+            module.to(self.plan.device)
+            self._active = module
+        yield module
+
+    def release(self, module) -> None:
+        if self._active is module:
+            self._active = None
+
+    def _hook_blocks(self, module) -> None:
+        import torch
+
+        if id(module) in self._hooked:
+            return
+        self._hooked.add(id(module))
+        device = self.plan.device
+
+        def before(block, args, kwargs):
+            block.to(device)
+            moved = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
+            return moved, kwargs
+
+        def after(block, args, output):
+            block.to("cpu")
+            return output
+
+        for block in _blocks(module):
+            block.register_forward_pre_hook(before, with_kwargs=True)
+            block.register_forward_hook(after)
+
+
+def _blocks(module):
+    """Units for block-by-block offload: members of ModuleLists, and other direct children."""
+    import torch
+
+    for child in module.children():
+        if isinstance(child, torch.nn.ModuleList):
+            yield from child
+        elif any(True for _ in child.parameters()):
+            if any(isinstance(c, torch.nn.ModuleList) for c in child.children()):
+                yield from _blocks(child)
+            else:
+                yield child

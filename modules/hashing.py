@@ -1,0 +1,69 @@
+"""File hashes as A1111 shows them, computed lazily and cached by path + size + mtime in the data folder."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+import threading
+from pathlib import Path
+
+CHUNK = 1 << 20
+
+
+def sha256_file(path: Path, skip_safetensors_header: bool = False) -> str:
+    """sha256 of a file; with ``skip_safetensors_header`` only the tensor data (A1111's LoRA "addnet" hash)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        if skip_safetensors_header:
+            (n,) = struct.unpack("<Q", f.read(8))
+            f.seek(8 + n)
+        while chunk := f.read(CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class HashCache:
+    """A JSON cache of file hashes; an entry is valid while the file's size and mtime are unchanged."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self._entries: dict = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            self._entries = {}
+
+    def get(self, file: Path, kind: str = "sha256") -> str:
+        """The full hex digest of ``kind`` ("sha256" or "addnet") for ``file``, computing it on a miss."""
+        file = Path(file).resolve()
+        st = file.stat()
+        key = f"{kind}:{file}"
+        with self._lock:
+            e = self._entries.get(key)
+            if e and e["size"] == st.st_size and e["mtime"] == st.st_mtime_ns:
+                return e["hash"]
+        digest = sha256_file(file, skip_safetensors_header=(kind == "addnet"))
+        with self._lock:
+            self._entries[key] = {"size": st.st_size, "mtime": st.st_mtime_ns, "hash": digest}
+            self._save()
+        return digest
+
+    def cached(self, file: Path, kind: str = "sha256") -> str | None:
+        """The digest if it is already known and still valid (never computes)."""
+        file = Path(file).resolve()
+        try:
+            st = file.stat()
+        except OSError:
+            return None
+        with self._lock:
+            e = self._entries.get(f"{kind}:{file}")
+        return e["hash"] if e and e["size"] == st.st_size and e["mtime"] == st.st_mtime_ns else None
+
+    def _save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=self.path.name, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(self._entries, f)
+        os.replace(tmp, self.path)

@@ -1,0 +1,174 @@
+"""The active checkpoint and VAE: switching, a small RAM cache, and safe failure.
+
+A switch loads the new checkpoint completely before the old one is released, so a corrupt, truncated or unknown
+file raises :class:`ModelFileError` and the previous model stays loaded and working. Up to ``cache_size``
+checkpoints stay in RAM (the active one included; default 1, as A1111's "checkpoints to cache").
+"""
+from __future__ import annotations
+
+import logging
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from pathlib import Path
+
+from ..devices import DevicePlan, Offloader, free_memory
+from .catalog import CheckpointCatalog, CheckpointInfo, VaeCatalog
+from .loader import LoadOptions, SDModel, load_checkpoint, load_vae_file
+from .safetensors_file import ModelFileError
+
+log = logging.getLogger(__name__)
+
+
+class ModelManager:
+    def __init__(self, catalog: CheckpointCatalog, vaes: VaeCatalog, plan: DevicePlan, allow_pickle: bool = False,
+                 cache_size: int = 1, prediction_overrides: dict[str, str] | None = None):
+        self.catalog = catalog
+        self.vaes = vaes
+        self.plan = plan
+        self.offloader = Offloader(plan)
+        self.allow_pickle = allow_pickle
+        self.cache_size = max(1, cache_size)
+        self.prediction_overrides = dict(prediction_overrides or {})
+        self.current: SDModel | None = None
+        self.current_info: CheckpointInfo | None = None
+        self.vae_choice = VaeCatalog.AUTOMATIC
+        self.vae_source: Path | None = None  # None: the checkpoint's own VAE
+        self._vae_applied: tuple[int, Path | None] | None = None
+        self._cache: OrderedDict[Path, tuple[CheckpointInfo, SDModel]] = OrderedDict()
+        self._baked_vae: dict[int, object] = {}
+        self._lock = threading.RLock()
+        self.on_loaded: list[Callable[[SDModel], None]] = []
+        self._nan_warned = False
+
+    # --- checkpoints -------------------------------------------------------------------------------------------
+
+    def resolve(self, query: str | CheckpointInfo) -> CheckpointInfo:
+        if isinstance(query, CheckpointInfo):
+            return query
+        info = self.catalog.find(query)
+        if info is None:
+            names = ", ".join(i.filename for i in self.catalog.items()) or "none found"
+            raise ModelFileError(f"checkpoint not found: {query!r} (available: {names})")
+        return info
+
+    def _options(self, info: CheckpointInfo) -> LoadOptions:
+        return LoadOptions(
+            allow_pickle=self.allow_pickle,
+            prediction=self.prediction_overrides.get(info.model_name),
+            dtype=self.plan.dtype,
+            vae_dtype=self.plan.vae_dtype,
+        )
+
+    def load(self, query: str | CheckpointInfo) -> SDModel:
+        """Make a checkpoint active. On failure the previous model stays active and the error names the file."""
+        with self._lock:
+            info = self.resolve(query)
+            if self.current_info is not None and self.current_info.path == info.path:
+                return self.current
+            cached = self._cache.pop(info.path, None)
+            model = cached[1] if cached else load_checkpoint(info.path, self._options(info))
+            old = (self.current_info, self.current) if self.current is not None else None
+            self._baked_vae.setdefault(id(model), model.vae)
+            self.current, self.current_info = model, info
+            if old is not None:
+                self._retire(*old)
+            for component in (model.unet, model.vae, *model.text_encoders):
+                self.offloader.place(component)
+            try:
+                self._apply_vae(self.vae_choice)
+            except ModelFileError as e:
+                log.warning("%s; using the checkpoint's own VAE", e)
+                self.vae_choice, self.vae_source = VaeCatalog.AUTOMATIC, None
+            log.info("loaded %s (%s)", info.filename, model.spec.summary)
+            for callback in list(self.on_loaded):
+                callback(model)
+            return model
+
+    def _retire(self, info: CheckpointInfo, model: SDModel) -> None:
+        if self.cache_size > 1:
+            for component in (model.unet, model.vae, *model.text_encoders):
+                component.to("cpu")
+            self._cache[info.path] = (info, model)
+            while len(self._cache) > self.cache_size - 1:
+                _, (_, dropped) = self._cache.popitem(last=False)
+                self._baked_vae.pop(id(dropped), None)
+        else:
+            self._baked_vae.pop(id(model), None)
+        del model
+        free_memory()
+
+    def unload(self) -> None:
+        """Release the active checkpoint (and the cache)."""
+        with self._lock:
+            self.current = self.current_info = None
+            self._cache.clear()
+            self._baked_vae.clear()
+            free_memory()
+
+    def reload(self) -> SDModel:
+        """Load the active checkpoint again from disk (e.g. after the file changed)."""
+        with self._lock:
+            info = self.current_info
+            if info is None:
+                raise ModelFileError("no checkpoint is loaded")
+            model = load_checkpoint(info.path, self._options(info))
+            self.current = self.current_info = None
+            free_memory()
+            self._cache.pop(info.path, None)
+            self._baked_vae[id(model)] = model.vae
+            self.current, self.current_info = model, info
+            for component in (model.unet, model.vae, *model.text_encoders):
+                self.offloader.place(component)
+            self._apply_vae(self.vae_choice)
+            return model
+
+    # --- VAE ---------------------------------------------------------------------------------------------------
+
+    def set_vae(self, choice: str) -> None:
+        """Select "Automatic", "None" or a VAE file by name; the UNet is not reloaded."""
+        with self._lock:
+            if choice not in (VaeCatalog.AUTOMATIC, VaeCatalog.NONE) and self.vaes.find(choice) is None:
+                raise ModelFileError(f"VAE not found: {choice!r} (available: {', '.join(self.vaes.choices())})")
+            if self.current is not None:
+                self._apply_vae(choice)
+            self.vae_choice = choice
+
+    def _apply_vae(self, choice: str) -> None:
+        model, info = self.current, self.current_info
+        if choice == VaeCatalog.NONE:
+            source = None
+        elif choice == VaeCatalog.AUTOMATIC:
+            source = self.vaes.automatic_for(info.path)
+        else:
+            source = self.vaes.find(choice).path
+        if self._vae_applied == (id(model), source):
+            return
+        if source is None:
+            model.vae = self._baked_vae[id(model)]
+        else:
+            vae = load_vae_file(source, model.spec.vae, model.spec.vae_scale,
+                                LoadOptions(allow_pickle=self.allow_pickle, dtype=self.plan.vae_dtype))
+            self.offloader.place(vae)
+            model.vae = vae
+        self.vae_source = source
+        self._vae_applied = (id(model), source)
+
+    # --- decoding ---------------------------------------------------------------------------------------------
+
+    def decode(self, latents):
+        """VAE decode of unscaled latents ([-1, 1] images); retries in fp32 if a half-precision decode gives NaN."""
+        import torch
+
+        model = self.current
+        vae = model.vae
+        with self.offloader.use(vae):
+            z = latents.to(vae.device, vae.dtype) / vae.config.scaling_factor
+            images = vae.decode(z).sample
+            if vae.dtype != torch.float32 and torch.isnan(images).any():
+                if not self._nan_warned:
+                    log.warning("VAE produced NaN in %s; decoding again in fp32 (start with --no-half-vae to avoid this)", vae.dtype)
+                    self._nan_warned = True
+                vae.to(torch.float32)
+                images = vae.decode(z.float()).sample
+        return images.float()

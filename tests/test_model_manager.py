@@ -1,0 +1,122 @@
+"""Checkpoint discovery, hashing, switching, the RAM cache, VAE selection and failure safety."""
+from __future__ import annotations
+
+import gc
+import hashlib
+import shutil
+import weakref
+
+import pytest
+import torch
+
+from modules.devices import plan_devices
+from modules.hashing import HashCache
+from modules.models import builders, keymap
+from modules.models.catalog import CheckpointCatalog, VaeCatalog
+from modules.models.export import save_safetensors
+from modules.models.manager import ModelManager
+from modules.models.safetensors_file import ModelFileError
+from tests import tiny_models
+
+
+@pytest.fixture
+def folders(tmp_path):
+    ckpt = tmp_path / "models" / "Stable-diffusion"
+    vae = tmp_path / "models" / "VAE"
+    (ckpt / "sub").mkdir(parents=True)
+    vae.mkdir(parents=True)
+    tiny_models.write("sd1", ckpt / "alpha.safetensors", seed=1)
+    tiny_models.write("sd2", ckpt / "sub" / "beta.safetensors", seed=2)
+    return tmp_path, ckpt, vae
+
+
+def _manager(tmp_path, ckpt, vae, cache_size=1):
+    hashes = HashCache(tmp_path / "data" / "cache" / "hashes.json")
+    return ModelManager(CheckpointCatalog([ckpt], hashes), VaeCatalog(vae), plan_devices("cpu"), cache_size=cache_size)
+
+
+def _denoise(model):
+    """One UNet call with fixed inputs: what a sampling step would see."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 4, 8, 8, generator=g)
+    ctx = torch.randn(1, 77, model.unet.config.cross_attention_dim, generator=g)
+    with torch.inference_mode():
+        return model.unet(x, torch.tensor([10.0]), encoder_hidden_states=ctx).sample
+
+
+def test_discovery_titles_hashes_and_families(folders):
+    tmp_path, ckpt, vae = folders
+    hashes = HashCache(tmp_path / "cache.json")
+    catalog = CheckpointCatalog([ckpt], hashes)
+    items = {i.filename: i for i in catalog.items()}
+    assert set(items) == {"alpha.safetensors", "sub/beta.safetensors"}
+    beta = items["sub/beta.safetensors"]
+    assert catalog.short_hash(beta, compute=False) is None  # lazy: nothing hashed by listing
+    expected = hashlib.sha256(beta.path.read_bytes()).hexdigest()
+    assert catalog.title(beta, compute_hash=True) == f"sub/beta.safetensors [{expected[:10]}]"
+    assert catalog.family(beta) == "SD2" and catalog.family(items["alpha.safetensors"]) == "SD1"
+    # the hash survives in the cache file, keyed by path + size + mtime
+    assert HashCache(tmp_path / "cache.json").cached(beta.path) == expected
+    assert catalog.find(expected[:10]) == beta and catalog.find("sub/beta") == beta and catalog.find("beta") == beta
+    assert catalog.find(str(tmp_path / "elsewhere.safetensors")) is None
+    tiny_models.write("sd1", ckpt / "gamma.safetensors", seed=3)
+    assert "gamma.safetensors" not in {i.filename for i in catalog.items()}
+    assert "gamma.safetensors" in {i.filename for i in catalog.refresh()}
+
+
+def test_switching_and_failed_load_keeps_previous(folders):
+    tmp_path, ckpt, vae = folders
+    manager = _manager(tmp_path, ckpt, vae)
+    alpha = manager.load("alpha")
+    reference = _denoise(alpha)
+    shutil.copy(ckpt / "alpha.safetensors", ckpt / "broken.safetensors")
+    with open(ckpt / "broken.safetensors", "r+b") as f:
+        f.truncate(f.seek(0, 2) // 2)
+    manager.catalog.refresh()
+    with pytest.raises(ModelFileError, match="broken.safetensors.*truncated"):
+        manager.load("broken")
+    assert manager.current is alpha and manager.current_info.filename == "alpha.safetensors"
+    assert torch.equal(_denoise(manager.current), reference)  # still generating, same output
+    with pytest.raises(ModelFileError, match="not found"):
+        manager.load("../../etc/passwd")
+
+    beta = manager.load("sub/beta.safetensors")
+    assert beta.family.value == "SD2"
+    ref = weakref.ref(alpha.unet)
+    del alpha
+    gc.collect()
+    assert ref() is None  # cache of 1: the previous model is really released
+    assert torch.equal(_denoise(manager.load("alpha")), reference)
+
+
+def test_cache_keeps_previous_model_in_ram(folders):
+    tmp_path, ckpt, vae = folders
+    manager = _manager(tmp_path, ckpt, vae, cache_size=2)
+    alpha = manager.load("alpha")
+    manager.load("beta")
+    assert manager.load("alpha") is alpha  # served from RAM, not reloaded
+
+
+def test_vae_choices_do_not_reload_the_unet(folders):
+    tmp_path, ckpt, vae_dir = folders
+    _, own_vae, _, _ = tiny_models.build("sd1", seed=1)
+    _, other, _, _ = tiny_models.build("sd1", seed=7)
+    spec = builders.vae_spec_from_config(other.config)
+    save_safetensors(keymap.export_vae(other.state_dict(), spec, "first_stage_model."), vae_dir / "other.safetensors")
+    manager = _manager(tmp_path, ckpt, vae_dir)
+    model = manager.load("alpha")
+    unet = model.unet
+    z = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        own_image = manager.decode(z)
+        manager.set_vae("other.safetensors")
+        other_image = manager.decode(z)
+        assert not torch.equal(own_image, other_image) and model.unet is unet
+        manager.set_vae("None")
+        assert torch.equal(manager.decode(z), own_image)
+        # Automatic: a VAE named like the checkpoint wins
+        shutil.copy(vae_dir / "other.safetensors", ckpt / "alpha.vae.safetensors")
+        manager.set_vae("Automatic")
+        assert torch.equal(manager.decode(z), other_image)
+    with pytest.raises(ModelFileError, match="VAE not found"):
+        manager.set_vae("missing.safetensors")
