@@ -7,8 +7,11 @@ from pathlib import Path
 from .cmd_args import LaunchOptions
 from .devices import DevicePlan, plan_devices
 from .hashing import HashCache
+from .hooks import HookRegistry
 from .models.catalog import CheckpointCatalog, CheckpointInfo, VaeCatalog
 from .models.manager import ModelManager
+from .networks.active import ActiveNetworks
+from .settings import SettingsStore
 
 DEMO_CHECKPOINT = "demo-shapes.safetensors"
 
@@ -21,6 +24,13 @@ class AppState:
     checkpoints: CheckpointCatalog
     vaes: VaeCatalog
     models: ModelManager
+    settings: SettingsStore
+    hooks: HookRegistry
+    networks: ActiveNetworks
+
+    @property
+    def styles_path(self) -> Path:
+        return self.options.data_dir / "styles.csv"
 
 
 def create_state(options: LaunchOptions) -> AppState:
@@ -31,8 +41,11 @@ def create_state(options: LaunchOptions) -> AppState:
     extra = [options.ckpt] if options.ckpt else []
     checkpoints = CheckpointCatalog([options.ckpt_dir], hashes, options.allow_pickle, extra)
     vaes = VaeCatalog(options.vae_dir, options.allow_pickle)
-    models = ModelManager(checkpoints, vaes, plan, options.allow_pickle)
-    return AppState(options, plan, hashes, checkpoints, vaes, models)
+    settings = SettingsStore(options.config_path)
+    models = ModelManager(checkpoints, vaes, plan, options.allow_pickle, settings.current.sd_checkpoints_limit)
+    embedding_dirs = [options.embeddings_dir, options.ckpt_dir.parent / "embeddings"]
+    networks = ActiveNetworks(options.lora_dir, embedding_dirs, hashes, options.allow_pickle)
+    return AppState(options, plan, hashes, checkpoints, vaes, models, settings, HookRegistry(), networks)
 
 
 def default_checkpoint(state: AppState) -> CheckpointInfo | None:

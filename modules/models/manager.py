@@ -40,6 +40,7 @@ class ModelManager:
         self._lock = threading.RLock()
         self.on_loaded: list[Callable[[SDModel], None]] = []
         self._nan_warned = False
+        self._previewer: tuple | None = None
 
     # --- checkpoints -------------------------------------------------------------------------------------------
 
@@ -153,6 +154,18 @@ class ModelManager:
             model.vae = vae
         self.vae_source = source
         self._vae_applied = (id(model), source)
+
+    def latent_previewer(self):
+        """A cheap linear latent→RGB previewer fitted to the active VAE (built once per VAE)."""
+        from ..processing.latent_preview import LatentPreviewer
+
+        vae = self.current.vae if self.current else None
+        if vae is None:
+            return None
+        if self._previewer is None or self._previewer[0] is not vae:
+            with self.offloader.use(vae):
+                self._previewer = (vae, LatentPreviewer(vae))
+        return self._previewer[1]
 
     # --- decoding ---------------------------------------------------------------------------------------------
 

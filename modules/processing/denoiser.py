@@ -1,0 +1,142 @@
+"""The denoiser the samplers call: classifier-free guidance over the UNet, with the hook points around it.
+
+All sub-prompts (AND) of all images and the uncond rows go through the UNet in one batch; the uncond rows are
+left out when CFG is 1 and every image has a single sub-prompt of weight 1. Result per image:
+``uncond + Σ w_j · cfg · (cond_j − uncond)``.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from ..hooks import AfterCfg, AfterUnet, HookPoint, JobHooks, UnetCall
+from ..models.spec import Family
+from ..sampling.discrete import DiscreteSchedule, c_in, denoised_from_output
+from ..text_encoding import Conditioning
+from .conditioning import ImageConds, at_step
+
+REFINER_AESTHETIC = (6.0, 2.5)  # positive, negative aesthetic score ids of the SDXL refiner
+
+
+@dataclass
+class InpaintBlend:
+    """img2img with a mask: outside the mask (``keep`` = 1) the estimate is pinned to the original latents."""
+
+    init_latent: torch.Tensor  # [B, 4, h, w] scaled latents
+    keep: torch.Tensor  # [B or 1, 1, h, w], 1 = keep original
+
+
+class CFGDenoiser:
+    def __init__(self, model, schedule: DiscreteSchedule, conds: list[ImageConds], cfg_scale: float, hooks: JobHooks,
+                 params, total_steps: int, empty: Conditioning, image_cond: torch.Tensor | None = None,
+                 blend: InpaintBlend | None = None, size: tuple[int, int] = (512, 512), offloader=None):
+        self.model = model
+        self.schedule = schedule
+        self.conds = conds
+        self.cfg = float(cfg_scale)
+        self.hooks = hooks
+        self.params = params
+        self.total_steps = total_steps
+        self.empty = empty
+        self.image_cond = image_cond
+        self.blend = blend
+        self.size = size  # (height, width) for SDXL time ids
+        self.offloader = offloader
+        self.step = 0
+        self.use_uncond = not (self.cfg == 1.0 and all(c.plain for c in conds))
+        self.prediction = "v_prediction" if model.spec.prediction == "v" else "epsilon"
+
+    def on_step(self, info) -> None:
+        """Sampler callback: the next model call belongs to step ``info.step + 1``."""
+        self.step = info.step + 1
+
+    def _rows(self):
+        rows: list[tuple[int, float | None, Conditioning]] = []  # (image, weight or None for uncond, cond)
+        for i, c in enumerate(self.conds):
+            for weight, sched in c.subprompts:
+                rows.append((i, weight, at_step(sched, self.step)))
+            if self.use_uncond:
+                rows.append((i, None, at_step(c.uncond, self.step)))
+        return rows
+
+    def _context(self, conds: list[Conditioning]) -> torch.Tensor:
+        """Stack contexts, padding shorter ones with the empty prompt's chunk to the same chunk count."""
+        longest = max(c.context.shape[1] for c in conds)
+        out = []
+        for c in conds:
+            ctx = c.context
+            missing = (longest - ctx.shape[1]) // self.empty.context.shape[1]
+            if missing:
+                ctx = torch.cat([ctx] + [self.empty.context] * missing, dim=1)
+            out.append(ctx)
+        return torch.cat(out, dim=0)
+
+    def _added(self, rows, conds: list[Conditioning]) -> dict | None:
+        spec = self.model.spec
+        if spec.unet.adm_in_channels is None:
+            return None
+        h, w = self.size
+        ids = []
+        for _, weight, _ in rows:
+            if spec.family is Family.SDXL_REFINER:
+                ids.append([h, w, 0, 0, REFINER_AESTHETIC[0] if weight is not None else REFINER_AESTHETIC[1]])
+            else:
+                ids.append([h, w, 0, 0, h, w])
+        pooled = torch.cat([c.pooled for c in conds], dim=0)
+        return {"text_embeds": pooled, "time_ids": torch.tensor(ids, dtype=torch.float32)}
+
+    def _run_unet(self, call: UnetCall) -> torch.Tensor:
+        unet = self.model.unet
+        dev, dtype = unet.device, unet.dtype
+        added = {k: v.to(dev, dtype) for k, v in call.added_cond.items()} if call.added_cond else None
+        kwargs = {}
+        if call.down_residuals is not None:
+            kwargs["down_block_additional_residuals"] = [r.to(dev, dtype) for r in call.down_residuals]
+        if call.mid_residual is not None:
+            kwargs["mid_block_additional_residual"] = call.mid_residual.to(dev, dtype)
+        use = self.offloader.use(unet) if self.offloader else contextlib.nullcontext()
+        with use:
+            out = unet(call.x.to(dev, dtype), call.timestep.to(dev), encoder_hidden_states=call.context.to(dev, dtype),
+                       added_cond_kwargs=added, **kwargs).sample
+        return out.float()
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        rows = self._rows()
+        conds = [r[2] for r in rows]
+        index = torch.tensor([r[0] for r in rows], device=x.device)
+        x_rows = x[index]
+        sigma_rows = sigma[index]
+        x_in = x_rows * c_in(sigma_rows, x_rows)
+        if self.image_cond is not None:
+            x_in = torch.cat([x_in, self.image_cond[index].to(x_in)], dim=1)
+        call = UnetCall(
+            x=x_in, sigma=sigma_rows, timestep=self.schedule.sigma_to_t(sigma_rows).float(),
+            context=self._context(conds), added_cond=self._added(rows, conds), step=self.step,
+            total_steps=self.total_steps, is_uncond=[r[1] is None for r in rows], image_index=[r[0] for r in rows],
+            params=self.params, model=self.model,
+        )
+        self.hooks.run(HookPoint.BEFORE_UNET, call)
+        out = self.hooks.call_unet(call, self._run_unet)
+        after = AfterUnet(denoised_from_output(x_rows, sigma_rows, out, self.prediction), call)
+        self.hooks.run(HookPoint.AFTER_UNET, after)
+        denoised_rows = after.denoised
+
+        result = torch.empty_like(x)
+        for i in range(x.shape[0]):
+            mine = [(r[1], denoised_rows[j]) for j, r in enumerate(rows) if r[0] == i]
+            uncond = next((d for w, d in mine if w is None), None)
+            positives = [(w, d) for w, d in mine if w is not None]
+            if uncond is None:
+                result[i] = sum(w * d for w, d in positives)
+            else:
+                result[i] = uncond + sum(w * self.cfg * (d - uncond) for w, d in positives)
+        cfg = AfterCfg(result, x, sigma, self.step, self.total_steps, self.params)
+        self.hooks.run(HookPoint.AFTER_CFG, cfg)
+        denoised = cfg.denoised
+        if self.blend is not None:
+            keep = self.blend.keep.to(denoised)
+            denoised = self.blend.init_latent.to(denoised) * keep + denoised * (1 - keep)
+        return denoised
+
