@@ -40,6 +40,11 @@ def _lanczos(image: Image.Image, width: int, height: int) -> Image.Image:
     return image.resize((width, height), Image.Resampling.LANCZOS)
 
 
+def _mask_at(mask: Image.Image, size: tuple[int, int]) -> Image.Image:
+    mask = mask.convert("L")
+    return mask if mask.size == size else mask.resize(size, Image.Resampling.BILINEAR)
+
+
 def resize_image(mode: int, image: Image.Image, width: int, height: int) -> Image.Image:
     """Resize ``image`` to exactly ``width`` x ``height`` with A1111's img2img resize mode.
 
@@ -134,10 +139,8 @@ def apply_overlay(original: Image.Image, generated: Image.Image, mask: Image.Ima
     """Blend ``generated`` over ``original`` through ``mask`` ("L", 255 = generated): where the mask is 0 the
     result is the original's pixel exactly, where it is 255 the generated one; in between a linear mix."""
     base = np.asarray(original.convert("RGB"), dtype=np.uint16)
-    new = np.asarray(generated.convert("RGB").resize(original.size, Image.Resampling.LANCZOS)
-                     if generated.size != original.size else generated.convert("RGB"), dtype=np.uint16)
-    m = np.asarray(mask.convert("L").resize(original.size) if mask.size != original.size else mask.convert("L"),
-                   dtype=np.uint16)[..., None]
+    new = np.asarray(_lanczos(generated.convert("RGB"), *original.size), dtype=np.uint16)
+    m = np.asarray(_mask_at(mask, original.size), dtype=np.uint16)[..., None]
     mixed = (new * m + base * (255 - m) + 127) // 255  # integer maths: m = 0 gives the original bit for bit
     return Image.fromarray(mixed.astype(np.uint8), "RGB")
 
@@ -163,6 +166,11 @@ def _fast_fft_length(n: int) -> int:
         n += 1
 
 
+def _resize_planes(planes: np.ndarray, size: tuple[int, int], resample: Image.Resampling) -> np.ndarray:
+    return np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(p, dtype=np.float32), "F").resize(size, resample))
+                     for p in planes])
+
+
 def _gaussian_blur_planes(planes: np.ndarray, sigma: float) -> np.ndarray:
     """Gaussian blur of float32 planes [C, H, W] with zeros outside the image.
 
@@ -174,7 +182,7 @@ def _gaussian_blur_planes(planes: np.ndarray, sigma: float) -> np.ndarray:
     work = planes
     if factor > 1:
         small = (max(1, round(w / factor)), max(1, round(h / factor)))
-        work = np.stack([np.asarray(Image.fromarray(p, "F").resize(small, Image.Resampling.BOX)) for p in planes])
+        work = _resize_planes(planes, small, Image.Resampling.BOX)
         sigma = sigma * small[0] / w
     ph, pw = work.shape[1:]
     pad = min(int(math.ceil(3 * sigma)), max(ph, pw))
@@ -185,8 +193,7 @@ def _gaussian_blur_planes(planes: np.ndarray, sigma: float) -> np.ndarray:
     spectrum *= np.exp(-2 * (math.pi * sigma) ** 2 * (fy ** 2 + fx ** 2)).astype(np.float32)
     blurred = np.fft.irfft2(spectrum, s=size)[:, :ph, :pw].astype(np.float32)
     if factor > 1:
-        blurred = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(p), "F").resize((w, h), Image.Resampling.BILINEAR))
-                            for p in blurred])
+        blurred = _resize_planes(blurred, (w, h), Image.Resampling.BILINEAR)
     return blurred
 
 
@@ -198,8 +205,7 @@ def fill_masked(image: Image.Image, mask: Image.Image) -> Image.Image:
     masked pixels keep their share of the original. Deterministic; a fully masked image comes out mid grey.
     """
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
-    keep = 1.0 - np.asarray(mask.convert("L").resize(image.size) if mask.size != image.size
-                            else mask.convert("L"), dtype=np.float32)[..., None] / 255.0
+    keep = 1.0 - np.asarray(_mask_at(mask, image.size), dtype=np.float32)[..., None] / 255.0
     result = np.full_like(rgb, 0.5)
     if keep.sum() > 0:
         result[:] = (rgb * keep).sum(axis=(0, 1)) / keep.sum()
@@ -208,7 +214,7 @@ def fill_masked(image: Image.Image, mask: Image.Image) -> Image.Image:
             blurred = _gaussian_blur_planes(planes, sigma).transpose(1, 2, 0)
             weight = np.maximum(blurred[..., 3:4], 1e-8)
             colour = blurred[..., :3] / weight
-            coverage = np.clip(weight / blurred[..., 4:5], 0.0, 1.0)  # share of the kernel (inside the image) unmasked
+            coverage = np.clip(weight / blurred[..., 4:5], 0.0, 1.0)  # unmasked share of the kernel in the image
             for _ in range(repeats):
                 result = colour * coverage + result * (1.0 - coverage)
         result = rgb * keep + result * (1.0 - keep)

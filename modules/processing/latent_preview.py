@@ -55,7 +55,7 @@ class LatentPreviewer:
         with torch.inference_mode():
             latents = vae.encode(pixels).latent_dist.mean * scaling
             decoded = vae.decode(latents / scaling).sample
-        latents, decoded = latents.double().cpu(), decoded.double().cpu().clamp(-1, 1)
+        latents, decoded = latents.double().cpu(), decoded.double().cpu()
         factor = size // latents.shape[-1]
         block_colours = torch.nn.functional.avg_pool2d(decoded, factor)  # [N, 3, h, w], one per latent cell
         features = latents.permute(0, 2, 3, 1).reshape(-1, latents.shape[1])

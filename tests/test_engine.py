@@ -1,0 +1,255 @@
+"""The generation engine on tiny real-layout checkpoints: parity with diffusers, seeds, jobs, hooks, infotext."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from modules.hooks import HookPoint, HookRegistry
+from modules.infotext import parse_infotext
+from modules.image_io import read_infotext_file
+from modules.processing.params import Img2ImgParams, ParamError, Txt2ImgParams
+from modules.processing.progress import JobProgress
+from modules.processing.runner import run_job
+from modules.sampling.registry import SAMPLERS
+from tests.engine_fixtures import make_state
+
+
+@pytest.fixture(scope="module")
+def state(tmp_path_factory):
+    return make_state(tmp_path_factory.mktemp("engine"), {"tiny": "sd1", "tiny-v": "sd2", "tiny-xl": "sdxl"})
+
+
+@pytest.fixture(autouse=True)
+def _sd1(state):
+    state.models.load("tiny")
+    state.models.prediction_overrides.clear()
+
+
+def px(image) -> np.ndarray:
+    return np.asarray(image.convert("RGB"), dtype=np.float32)
+
+
+def t2i(state, **kw):
+    kw = {"steps": 4, "width": 64, "height": 64, "seed": 1, "sampler_name": "Euler", "do_not_save_samples": True,
+          "do_not_save_grid": True, **kw}
+    return run_job(state, Txt2ImgParams(**kw), kw.pop("progress", None))
+
+
+# --- reference parity --------------------------------------------------------------------------------------------
+
+def _diffusers_pipe(model, scheduler):
+    from diffusers import StableDiffusionPipeline
+
+    from modules.clip_tokenizer import load_clip_tokenizer
+
+    return StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoders[0], tokenizer=load_clip_tokenizer(),
+                                   unet=model.unet, scheduler=scheduler, safety_checker=None, feature_extractor=None,
+                                   requires_safety_checker=False)
+
+
+def _scheduler(name: str, prediction="epsilon"):
+    from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler
+
+    common = dict(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", prediction_type=prediction)
+    if name == "Euler":
+        return EulerDiscreteScheduler(timestep_spacing="leading", steps_offset=1, **common), "DDIM", False
+    if name == "DDIM":
+        return DDIMScheduler(timestep_spacing="leading", steps_offset=1, set_alpha_to_one=True, **common), "DDIM", True
+    return DPMSolverMultistepScheduler(use_karras_sigmas=True, algorithm_type="dpmsolver++", solver_order=2, **common), "Karras", True
+
+
+@pytest.mark.parametrize("sampler,family", [("Euler", "sd1"), ("DDIM", "sd1"), ("DPM++ 2M", "sd1"), ("Euler", "sd2-v")])
+def test_matches_diffusers_pipeline(state, sampler, family):
+    """Same UNet, VAE, conditioning and starting latents → the same image as diffusers' StableDiffusionPipeline.
+
+    Alignment (docs/samplers.md): our DDIM schedule = diffusers' "leading" spacing with steps_offset 1; our Karras =
+    use_karras_sigmas; diffusers' DDIM/DPM-Solver start from x/sqrt(1+σ²) (we scale the latents to match); diffusers
+    rounds Karras timesteps, which a BEFORE_UNET hook reproduces here.
+    """
+    if family == "sd2-v":
+        state.models.prediction_overrides["tiny-v"] = "v"
+        state.models.unload()
+        state.models.load("tiny-v")
+    model = state.models.current
+    prediction = "v_prediction" if model.spec.prediction == "v" else "epsilon"
+    scheduler, schedule, vp_start = _scheduler(sampler, prediction)
+    steps, cfg = 6, 7.0
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    from modules.text_encoding import PromptEncoder
+
+    enc = PromptEncoder(model)
+    cond, uncond = enc.encode("a red circle").context, enc.encode("blurry").context
+    pipe = _diffusers_pipe(model, scheduler)
+    with torch.inference_mode():
+        theirs = pipe(prompt_embeds=cond, negative_prompt_embeds=uncond, num_inference_steps=steps, guidance_scale=cfg,
+                      latents=noise.clone(), output_type="np", height=64, width=64).images[0]
+
+    hooks = HookRegistry()
+
+    def start(before):
+        sigma0 = float(before.sigmas[0])
+        before.latents = noise * ((1 + sigma0 ** 2) ** 0.5 if vp_start else scheduler.init_noise_sigma)
+
+    hooks.register(HookPoint.BEFORE_SAMPLING, start, "test")
+    if sampler == "DPM++ 2M":
+        from modules.sampling import DiscreteSchedule
+
+        sched = DiscreteSchedule.from_params()
+        hooks.register(HookPoint.BEFORE_UNET, lambda c: setattr(c, "timestep", sched.sigma_to_t(c.sigma, quantize=True).float()), "test")
+    ours = run_job(state, Txt2ImgParams(prompt="a red circle", negative_prompt="blurry", steps=steps, cfg_scale=cfg,
+                                        width=64, height=64, sampler_name=sampler, scheduler=schedule,
+                                        do_not_save_samples=True), extra_hooks=hooks).images[0]
+    diff = np.abs(px(ours) / 255 - theirs).max()
+    assert diff <= 2 / 255, f"max pixel difference {diff * 255:.2f}/255"
+
+
+def test_sdxl_runs_with_size_time_ids(state):
+    state.models.load("tiny-xl")
+    seen = []
+    hooks = HookRegistry()
+    hooks.register(HookPoint.BEFORE_UNET, lambda c: seen.append((c.added_cond["time_ids"].clone(), c.added_cond["text_embeds"].shape)), "t")
+    r = run_job(state, Txt2ImgParams(prompt="a cat", steps=2, width=64, height=96, do_not_save_samples=True), extra_hooks=hooks)
+    assert r.images[0].size == (64, 96)
+    time_ids, pooled_shape = seen[0]
+    assert time_ids.tolist() == [[96, 64, 0, 0, 96, 64]] * 2  # cond + uncond rows, height first
+    assert pooled_shape == (2, 64)
+
+
+# --- seeds --------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sampler", [s.name for s in SAMPLERS])
+def test_batch_independence_and_determinism(state, sampler):
+    batch = t2i(state, sampler_name=sampler, batch_size=2, seed=10, steps=3)
+    singles = [t2i(state, sampler_name=sampler, seed=s, steps=3).images[0] for s in (10, 11)]
+    assert batch.seeds == [10, 11]
+    for a, b in zip(batch.images, singles):
+        assert np.abs(px(a) - px(b)).max() <= 1  # same image (uint8 rounding of float noise in batched matmuls)
+    assert np.array_equal(px(t2i(state, sampler_name=sampler, seed=10, steps=3).images[0]), px(singles[0]))
+
+
+def test_variation_seed(state):
+    base = px(t2i(state, seed=5).images[0])
+    varied = px(t2i(state, seed=5, subseed=9, subseed_strength=0.5).images[0])
+    full = px(t2i(state, seed=5, subseed=9, subseed_strength=1.0).images[0])
+    other = px(t2i(state, seed=9).images[0])
+    assert np.abs(base - varied).mean() > 1
+    assert np.abs(full - other).max() <= 1  # strength 1 is the subseed's own noise
+    assert t2i(state, seed=-1).seeds[0] != t2i(state, seed=-1).seeds[0]
+
+
+def test_resize_seed_from_keeps_composition(state):
+    small = px(t2i(state, seed=4, width=64, height=64).images[0])
+    resized = t2i(state, seed=4, width=96, height=64, seed_resize_from_w=64, seed_resize_from_h=64)
+    assert resized.images[0].size == (96, 64)
+    assert "Seed resize from: 64x64" in resized.infotexts[0]
+    assert small.shape == (64, 64, 3)
+
+
+# --- jobs ---------------------------------------------------------------------------------------------------------
+
+def test_interrupt_keeps_images_and_skip_moves_on(state):
+    progress = JobProgress()
+    hooks = HookRegistry()
+    hooks.register(HookPoint.AFTER_CFG, lambda c: progress.interrupt() if c.step == 1 else None, "t")
+    r = run_job(state, Txt2ImgParams(steps=8, width=64, height=64, n_iter=3, do_not_save_samples=True), progress, hooks)
+    assert r.interrupted and len(r.images) == 1 and progress.step < 8  # the batch in progress is kept, no more
+
+    progress = JobProgress()
+    hooks = HookRegistry()
+    hooks.register(HookPoint.AFTER_CFG, lambda c: progress.skip() if progress.step == 1 else None, "t")
+    r = run_job(state, Txt2ImgParams(steps=4, width=64, height=64, n_iter=2, do_not_save_samples=True), progress, hooks)
+    assert not r.interrupted and len(r.images) == 2 and progress.step == 2 + 4  # first batch cut, second complete
+
+
+@pytest.mark.parametrize("full_res", [False, True])
+def test_inpainting_keeps_unmasked_pixels(state, full_res):
+    init = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 40, 40))
+    r = run_job(state, Img2ImgParams(init_images=[init], mask=mask, mask_blur=0, inpaint_full_res=full_res,
+                                     inpaint_full_res_padding=4, denoising_strength=0.9, steps=4, width=64,
+                                     height=64, do_not_save_samples=True))
+    out, src = px(r.images[0]), px(init)
+    outside = np.asarray(mask) == 0
+    assert np.array_equal(out[outside], src[outside])
+    assert np.abs(out[~outside] - src[~outside]).mean() > 5  # the masked square was repainted
+
+
+def test_img2img_strength_steps(state):
+    init = t2i(state, seed=3).images[0]
+    progress = JobProgress()
+    run_job(state, Img2ImgParams(init_images=[init], denoising_strength=0.5, steps=10, width=64, height=64,
+                                 do_not_save_samples=True), progress)
+    assert progress.step == int(0.5 * 10) + 1  # A1111 keeps sigmas[n - t_enc - 1:]
+
+
+def test_saved_png_carries_infotext(state):
+    r = t2i(state, prompt="a (red:1.3) circle", negative_prompt="blue", seed=77, do_not_save_samples=False,
+            sampler_name="DPM++ 2M", clip_skip=2)
+    path = r.paths[0]
+    assert path.parent.parent.name == "txt2img-images" and path.name.endswith("-77.png")
+    parsed = parse_infotext(read_infotext_file(path))
+    assert parsed["Prompt"] == "a (red:1.3) circle" and parsed["Negative prompt"] == "blue"
+    assert (parsed["Seed"], parsed["Sampler"], parsed["Schedule type"]) == ("77", "DPM++ 2M", "Karras")
+    assert (parsed["Steps"], parsed["Size-1"], parsed["Clip skip"]) == ("4", "64", "2")
+    from sd_parsers import ParserManager
+
+    meta = ParserManager().parse(str(path))
+    assert meta.full_prompt == "a (red:1.3) circle"
+    sampler = meta.samplers[0]
+    values = {k: str(sampler.parameters[k]) for k in ("seed", "steps", "cfg_scale")}
+    assert values == {"seed": "77", "steps": "4", "cfg_scale": "7.0"} and sampler.name.startswith("DPM++ 2M")
+
+
+# --- hooks, CFG, schedules, errors -------------------------------------------------------------------------------
+
+def test_hook_changes_output_and_broken_hook_is_skipped(state):
+    plain = px(t2i(state).images[0])
+    hooks = HookRegistry()
+    hooks.register(HookPoint.AFTER_CFG, lambda c: setattr(c, "denoised", c.denoised * 0), "zeroer")
+    changed = px(run_job(state, Txt2ImgParams(steps=4, width=64, height=64, seed=1, sampler_name="Euler",
+                                              do_not_save_samples=True), extra_hooks=hooks).images[0])
+    assert np.abs(plain - changed).mean() > 5
+
+    broken = HookRegistry()
+    broken.register(HookPoint.BEFORE_UNET, lambda c: 1 / 0, "broken-ext")
+    broken.register(HookPoint.UNET_CALL, lambda c, nxt: {}["missing"], "broken-wrapper")
+    r = run_job(state, Txt2ImgParams(steps=4, width=64, height=64, seed=1, sampler_name="Euler",
+                                     do_not_save_samples=True), extra_hooks=broken)
+    assert np.array_equal(px(r.images[0]), plain)
+    assert any("broken-ext" in w and "ZeroDivisionError" in w for w in r.warnings)
+    assert any("broken-wrapper" in w for w in r.warnings)
+
+
+def test_cfg_one_skips_uncond_and_prompt_schedule_switches(state):
+    rows, contexts = [], []
+    hooks = HookRegistry()
+    hooks.register(HookPoint.BEFORE_UNET, lambda c: (rows.append(c.x.shape[0]), contexts.append(c.context[0].clone())), "t")
+    run_job(state, Txt2ImgParams(prompt="[red:blue:2] circle", steps=4, cfg_scale=1.0, width=64, height=64,
+                                 sampler_name="Euler", do_not_save_samples=True), extra_hooks=hooks)
+    assert rows == [1, 1, 1, 1]  # no uncond pass at CFG 1
+    assert torch.equal(contexts[0], contexts[2]) and not torch.equal(contexts[2], contexts[3])  # switch after step 2
+    rows.clear()
+    run_job(state, Txt2ImgParams(prompt="a AND b:0.5", steps=2, width=64, height=64, sampler_name="Euler",
+                                 do_not_save_samples=True), extra_hooks=hooks)
+    assert rows == [3, 3]  # two sub-prompts + uncond in one batch
+
+
+def test_bad_input_is_a_clear_error(state):
+    with pytest.raises(ParamError, match="sampler_name.*Euler"):
+        t2i(state, sampler_name="Nope")
+    with pytest.raises(ParamError, match="steps"):
+        t2i(state, steps=0)
+    with pytest.raises(ParamError, match="sd_model_checkpoint"):
+        t2i(state, override_settings={"sd_model_checkpoint": "missing"})
+    r = t2i(state, width=70, prompt="((unbalanced [prompt:")
+    assert r.images[0].size == (64, 64) and "multiple of 8" in r.warnings[0]
+
+
+def test_override_settings_apply_to_one_job_only(state):
+    plain = t2i(state, clip_skip=None)
+    skipped = t2i(state, override_settings={"CLIP_stop_at_last_layers": 2})
+    assert "Clip skip: 2" in skipped.infotexts[0] and state.settings.current.CLIP_stop_at_last_layers == 1
+    assert not np.array_equal(px(plain.images[0]), px(skipped.images[0]))
