@@ -267,8 +267,24 @@ def run_tests(options: LaunchOptions, args: Sequence[str]) -> int:
 
 
 APP = Command("start the web UI", (), run_app)
+def run_txt2img(options: LaunchOptions, args: Sequence[str]) -> int:
+    """Headless txt2img (``modules.cli``)."""
+    from modules.cli import run
+
+    return run("txt2img", options, args)
+
+
+def run_img2img(options: LaunchOptions, args: Sequence[str]) -> int:
+    """Headless img2img (``modules.cli``)."""
+    from modules.cli import run
+
+    return run("img2img", options, args)
+
+
 COMMANDS: Mapping[str, Command] = MappingProxyType({
     "test": Command("install the test extras and run pytest with the given arguments", ("test",), run_tests),
+    "txt2img": Command("generate images headless and print their paths (--help for options)", (), run_txt2img),
+    "img2img": Command("img2img/inpaint headless and print the paths (--help for options)", (), run_img2img),
 })
 
 

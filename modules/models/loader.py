@@ -78,6 +78,14 @@ def _ema_keys(sd: dict) -> dict:
     return out
 
 
+def _sample_size(spec: ModelSpec, metadata: dict[str, str]) -> int:
+    """Native latent size: ModelSpec's ``modelspec.resolution`` ("512x512") when declared, else the family's."""
+    try:
+        return int(metadata["modelspec.resolution"].lower().split("x")[0]) // 8
+    except (KeyError, ValueError):
+        return SAMPLE_SIZE[spec.family] if not (spec.family is Family.SD2 and spec.prediction == "v") else 96
+
+
 def _sidecar_prediction(path: Path) -> str | None:
     """A1111-style ``<checkpoint>.yaml`` next to the file: ``parameterization: "v"`` means v-prediction."""
     yaml = path.with_suffix(".yaml")
@@ -119,7 +127,7 @@ def _load_single_file(path: Path, options: LoadOptions) -> SDModel:
     unet_sd, unmapped = keymap.convert_unet(sd, spec.unet, UNET_PREFIX)
     if unmapped:
         raise UnknownLayoutError(f"unknown UNet tensors, e.g. {unmapped[:3]}")
-    unet = builders.build_unet(spec.unet, spec.family, _convert(unet_sd, options.dtype), SAMPLE_SIZE[spec.family])
+    unet = builders.build_unet(spec.unet, spec.family, _convert(unet_sd, options.dtype), _sample_size(spec, metadata))
     del unet_sd
     vae_sd, unmapped = keymap.convert_vae(sd, spec.vae, VAE_PREFIX)
     if unmapped:
