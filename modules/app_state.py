@@ -8,6 +8,7 @@ from .cmd_args import LaunchOptions
 from .devices import DevicePlan, plan_devices
 from .hashing import HashCache
 from .hooks import HookRegistry
+from .job_queue import JobQueue
 from .models.catalog import CheckpointCatalog, CheckpointInfo, VaeCatalog
 from .models.manager import ModelManager
 from .networks.active import ActiveNetworks
@@ -27,6 +28,7 @@ class AppState:
     settings: SettingsStore
     hooks: HookRegistry
     networks: ActiveNetworks
+    queue: JobQueue
 
     @property
     def styles_path(self) -> Path:
@@ -45,7 +47,7 @@ def create_state(options: LaunchOptions) -> AppState:
     models = ModelManager(checkpoints, vaes, plan, options.allow_pickle, settings.current.sd_checkpoints_limit)
     embedding_dirs = [options.embeddings_dir, options.ckpt_dir.parent / "embeddings"]
     networks = ActiveNetworks(options.lora_dir, embedding_dirs, hashes, options.allow_pickle)
-    return AppState(options, plan, hashes, checkpoints, vaes, models, settings, HookRegistry(), networks)
+    return AppState(options, plan, hashes, checkpoints, vaes, models, settings, HookRegistry(), networks, JobQueue())
 
 
 def default_checkpoint(state: AppState) -> CheckpointInfo | None:

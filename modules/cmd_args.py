@@ -21,6 +21,34 @@ _DEVICE_PATTERN = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
 
 
 @dataclass(frozen=True)
+class ServerOptions:
+    """How the web UI / API server is exposed (A1111 flag names)."""
+
+    port: int = 7860
+    listen: bool = False
+    server_name: str | None = None
+    share: bool = False
+    gradio_auth: str | None = None
+    gradio_auth_path: Path | None = None
+    api: bool = False
+    api_auth: str | None = None
+    api_auth_path: Path | None = None
+    nowebui: bool = False
+    subpath: str = ""
+    tls_keyfile: Path | None = None
+    tls_certfile: Path | None = None
+    enable_insecure_extension_access: bool = False
+    autolaunch: bool = False
+    insecure: bool = False
+    cors_allow_origins: str | None = None
+
+    @property
+    def host(self) -> str:
+        """The address to bind: --server-name, else 0.0.0.0 with --listen, else loopback only."""
+        return self.server_name or ("0.0.0.0" if self.listen else "127.0.0.1")
+
+
+@dataclass(frozen=True)
 class LaunchOptions:
     """Everything the flags decide, with paths made absolute.
 
@@ -41,6 +69,7 @@ class LaunchOptions:
     precision: str
     device: str | None
     allow_pickle: bool
+    server: ServerOptions = ServerOptions()
 
     @property
     def config_path(self) -> Path:
@@ -143,6 +172,31 @@ def build_parser(root: Path = REPO_ROOT, commands: Mapping[str, str] | None = No
     safety.add_argument("--allow-pickle", action="store_true",
                         help="allow .ckpt/.pt files (Python pickles; loaded with torch.load(weights_only=True))")
 
+    server = parser.add_argument_group("server")
+    server.add_argument("--port", type=int, default=7860, help="port to serve on (default: 7860)")
+    server.add_argument("--listen", action="store_true",
+                        help="bind 0.0.0.0 so the LAN can connect (needs --gradio-auth/--api-auth, or --insecure)")
+    server.add_argument("--server-name", default=None, metavar="HOST", help="address to bind (overrides --listen)")
+    server.add_argument("--share", action="store_true", help="create a public Gradio share link (needs internet)")
+    server.add_argument("--gradio-auth", default=None, metavar="USER:PASS[,USER:PASS]", help="web UI login(s)")
+    server.add_argument("--gradio-auth-path", type=_existing_file, default=None, metavar="FILE",
+                        help="file with USER:PASS entries (comma- or line-separated)")
+    server.add_argument("--api", action="store_true", help="serve the /sdapi/v1 HTTP API beside the UI")
+    server.add_argument("--api-auth", default=None, metavar="USER:PASS[,USER:PASS]", help="HTTP Basic auth for the API")
+    server.add_argument("--api-auth-path", type=_existing_file, default=None, metavar="FILE",
+                        help="file with USER:PASS entries for the API")
+    server.add_argument("--nowebui", action="store_true", help="serve only the API (implies --api)")
+    server.add_argument("--subpath", default="", metavar="PATH", help="serve under this URL path, e.g. /sd")
+    server.add_argument("--tls-keyfile", type=_existing_file, default=None, metavar="FILE", help="TLS private key")
+    server.add_argument("--tls-certfile", type=_existing_file, default=None, metavar="FILE", help="TLS certificate")
+    server.add_argument("--enable-insecure-extension-access", action="store_true",
+                        help="allow installing extensions from the UI even when not local")
+    server.add_argument("--autolaunch", action="store_true", help="open the UI in the system browser at start")
+    server.add_argument("--insecure", action="store_true",
+                        help="allow --listen/--share without credentials (prints a warning)")
+    server.add_argument("--cors-allow-origins", default=None, metavar="ORIGINS",
+                        help="comma-separated origins allowed to call the API from a browser (default: none)")
+
     parser.add_argument("command", nargs="?", default=None, help=argparse.SUPPRESS)
     parser.add_argument("command_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
@@ -181,4 +235,12 @@ def options_from_namespace(ns: argparse.Namespace) -> LaunchOptions:
         precision=ns.precision,
         device=None if ns.device == "auto" else ns.device,
         allow_pickle=ns.allow_pickle,
+        server=ServerOptions(
+            port=ns.port, listen=ns.listen, server_name=ns.server_name, share=ns.share, gradio_auth=ns.gradio_auth,
+            gradio_auth_path=ns.gradio_auth_path, api=ns.api or ns.nowebui, api_auth=ns.api_auth,
+            api_auth_path=ns.api_auth_path, nowebui=ns.nowebui, subpath=ns.subpath.rstrip("/"),
+            tls_keyfile=ns.tls_keyfile, tls_certfile=ns.tls_certfile,
+            enable_insecure_extension_access=ns.enable_insecure_extension_access, autolaunch=ns.autolaunch,
+            insecure=ns.insecure, cors_allow_origins=ns.cors_allow_origins,
+        ),
     )
