@@ -55,8 +55,23 @@ def plan_devices(device: str | None = None, no_half: bool = False, no_half_vae: 
     full = no_half or precision == "full"  # "full": evaluate everything in fp32, as A1111's --precision full
     dtype = torch.float32 if full else half
     vae_dtype = torch.float32 if full or no_half_vae else half
+    keep_large_allocations_returnable()
     offload = "none" if dev == "cpu" else ("lowvram" if lowvram else "medvram" if medvram else "none")
     return DevicePlan(dev, dtype, vae_dtype, offload)
+
+
+M_MMAP_THRESHOLD = -3
+LARGE_ALLOCATION = 4 << 20
+
+
+def keep_large_allocations_returnable() -> None:
+    """Serve allocations over 4 MiB with mmap so freed weights go back to the system (glibc only).
+
+    glibc raises its mmap threshold after large frees, after which new weight tensors come from the heap and
+    fragment it: repeated checkpoint switches would then grow the process. A fixed threshold prevents that.
+    """
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").mallopt(M_MMAP_THRESHOLD, LARGE_ALLOCATION)
 
 
 def free_memory() -> None:

@@ -74,6 +74,8 @@ class ModelManager:
             self.current, self.current_info = model, info
             if old is not None:
                 self._retire(*old)
+                old = None  # the last reference: release before returning memory to the system
+                free_memory()
             for component in (model.unet, model.vae, *model.text_encoders):
                 self.offloader.place(component)
             try:
@@ -96,8 +98,6 @@ class ModelManager:
                 self._baked_vae.pop(id(dropped), None)
         else:
             self._baked_vae.pop(id(model), None)
-        del model
-        free_memory()
 
     def unload(self) -> None:
         """Release the active checkpoint (and the cache)."""
