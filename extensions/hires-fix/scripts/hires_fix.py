@@ -1,0 +1,247 @@
+"""Hires. fix (A1111 semantics) written only against the public script and hook API.
+
+The first pass runs as usual. After each batch is decoded (``AFTER_DECODE``) every image gets a second pass at
+the target size through ``run_job``: from the first pass's final latents upscaled in latent space (the Latent
+modes; the latents are the sampler's last estimate, read in ``AFTER_CFG``), or from the decoded image upscaled in
+pixels (Lanczos, Nearest) as img2img. The second pass's images replace the first's, and the first job keeps, saves
+and describes them ("Hires upscale", "Hires steps", "Hires upscaler", "Denoising strength", … in the infotext;
+"Size" stays the first pass's size, as in A1111).
+"""
+from __future__ import annotations
+
+import dataclasses
+
+from PIL import Image
+
+from modules.hooks import HookPoint
+from modules.processing.image_ops import LATENT_UPSCALE_MODES, latent_upscale
+from modules.processing.params import Img2ImgParams, Txt2ImgParams
+from modules.processing.progress import JobProgress
+from modules.sampling.registry import SAMPLERS, SCHEDULES, resolve
+from modules.scripts import Control, Script, XyzAxis
+
+TITLE = "Hires fix"
+SAME_CHECKPOINT, SAME_SAMPLER, SAME_SCHEDULER = "Use same checkpoint", "Use same sampler", "Use same scheduler"
+PIXEL_UPSCALERS = {"Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
+UPSCALERS = (*LATENT_UPSCALE_MODES, *PIXEL_UPSCALERS)
+DEFAULT_DENOISING = 0.7
+
+
+def target_size(width: int, height: int, scale: float, resize_x: int, resize_y: int) -> tuple[int, int, int, int]:
+    """(final w, h, cover w, h) as A1111 computes them: ``scale`` when no resize is given; one resize side keeps
+    the aspect ratio; both sides: upscale to cover (cover w, h), then crop the centre. Multiples of 8, floored."""
+    if resize_x <= 0 and resize_y <= 0:
+        w, h = int(width * scale), int(height * scale)
+        cover = (w, h)
+    elif resize_y <= 0:
+        w, h = resize_x, resize_x * height // width
+        cover = (w, h)
+    elif resize_x <= 0:
+        w, h = resize_y * width // height, resize_y
+        cover = (w, h)
+    else:
+        w, h = resize_x, resize_y
+        if width / height < w / h:
+            cover = (w, w * height // width)
+        else:
+            cover = (h * width // height, h)
+    w, h = w // 8 * 8, h // 8 * 8
+    return w, h, max(w, cover[0] // 8 * 8), max(h, cover[1] // 8 * 8)
+
+
+def _crop_centre(latents, h: int, w: int):
+    top, left = (latents.shape[-2] - h) // 2, (latents.shape[-1] - w) // 2
+    return latents[..., top:top + h, left:left + w]
+
+
+def hires_args_from_request(enable_hr: bool = False, hr_scale: float = 2.0, hr_upscaler: str | None = None,
+                            hr_second_pass_steps: int = 0, hr_resize_x: int = 0, hr_resize_y: int = 0,
+                            denoising_strength: float | None = None, hr_sampler_name: str | None = None,
+                            hr_scheduler: str | None = None, hr_prompt: str = "", hr_negative_prompt: str = "",
+                            hr_checkpoint_name: str | None = None) -> dict | None:
+    """The script's named arguments from A1111's txt2img request fields; None when ``enable_hr`` is off."""
+    if not enable_hr:
+        return None
+    if hr_sampler_name and hr_sampler_name not in {s.name for s in SAMPLERS} | {SAME_SAMPLER}:
+        choice = resolve(hr_sampler_name, hr_scheduler or "Automatic")  # old combined names, aliases
+        hr_sampler_name, hr_scheduler = choice.sampler.name, hr_scheduler or choice.infotext_schedule
+    return {
+        "enable": True, "hr_scale": float(hr_scale or 2.0), "hr_upscaler": hr_upscaler or "Latent",
+        "hr_second_pass_steps": int(hr_second_pass_steps or 0), "hr_resize_x": int(hr_resize_x or 0),
+        "hr_resize_y": int(hr_resize_y or 0),
+        "denoising_strength": DEFAULT_DENOISING if denoising_strength is None else float(denoising_strength),
+        "hr_sampler_name": hr_sampler_name or SAME_SAMPLER, "hr_scheduler": hr_scheduler or SAME_SCHEDULER,
+        "hr_prompt": hr_prompt or "", "hr_negative_prompt": hr_negative_prompt or "",
+        "hr_checkpoint_name": hr_checkpoint_name or SAME_CHECKPOINT,
+    }
+
+
+@dataclasses.dataclass
+class _Pass:
+    """One job's hires settings and the latents the first pass ended with."""
+
+    args: dict
+    width: int = 0
+    height: int = 0
+    cover: tuple[int, int] = (0, 0)
+    last_denoised: object = None
+
+
+class HiresFix(Script):
+    title = TITLE
+    alwayson = True
+    kinds = ("txt2img",)
+    args_from_request = staticmethod(hires_args_from_request)
+
+    def controls(self, kind: str) -> list[Control]:
+        return [
+            Control("enable", "checkbox", "Hires. fix", False),
+            Control("hr_upscaler", "dropdown", "Upscaler", "Latent", choices=UPSCALERS),
+            Control("hr_second_pass_steps", "slider", "Hires steps", 0, minimum=0, maximum=150, step=1,
+                    tooltip="0: the same number of steps as the first pass"),
+            Control("denoising_strength", "slider", "Denoising strength", DEFAULT_DENOISING, minimum=0, maximum=1,
+                    step=0.01),
+            Control("hr_scale", "slider", "Upscale by", 2.0, minimum=1, maximum=4, step=0.05),
+            Control("hr_resize_x", "slider", "Resize width to", 0, minimum=0, maximum=2048, step=8),
+            Control("hr_resize_y", "slider", "Resize height to", 0, minimum=0, maximum=2048, step=8),
+            Control("hr_checkpoint_name", "text", "Hires checkpoint", SAME_CHECKPOINT),
+            Control("hr_sampler_name", "dropdown", "Hires sampling method", SAME_SAMPLER,
+                    choices=(SAME_SAMPLER, *(s.name for s in SAMPLERS))),
+            Control("hr_scheduler", "dropdown", "Hires schedule type", SAME_SCHEDULER,
+                    choices=(SAME_SCHEDULER, *(s.label for s in SCHEDULES))),
+            Control("hr_prompt", "text", "Hires prompt", ""),
+            Control("hr_negative_prompt", "text", "Hires negative prompt", ""),
+        ]
+
+    def setup(self, state, params, args: dict, hooks) -> None:
+        if not args["enable"]:
+            return
+        checkpoint = args["hr_checkpoint_name"]
+        if checkpoint not in ("", SAME_CHECKPOINT) and state.models.catalog.find(checkpoint) is None:
+            raise ValueError(f"{TITLE}: hires checkpoint {checkpoint!r} not found")
+        if args["hr_sampler_name"] != SAME_SAMPLER or args["hr_scheduler"] != SAME_SCHEDULER:
+            resolve(self._sampler(params, args), self._scheduler(params, args))
+        job = _Pass(args)
+        progress = getattr(hooks, "progress", None)
+        owner = self.extension or TITLE
+
+        def start(event) -> None:
+            p = event.params
+            job.width, job.height, *cover = target_size(p.width, p.height, args["hr_scale"], args["hr_resize_x"],
+                                                        args["hr_resize_y"])
+            job.cover = tuple(cover)
+
+        def remember(event) -> None:
+            job.last_denoised = event.denoised
+
+        def second_pass(event) -> None:
+            if progress is not None and progress.control.interrupted:
+                return
+            event.images = [self._upscale_one(state, params, job, event, i, progress) for i in range(len(event.images))]
+
+        hooks.register(HookPoint.JOB_START, start, owner)
+        if args["hr_upscaler"] in LATENT_UPSCALE_MODES:
+            hooks.register(HookPoint.AFTER_CFG, remember, owner)
+        hooks.register(HookPoint.AFTER_DECODE, second_pass, owner, order=-100)
+        hooks.register(HookPoint.INFOTEXT, lambda e: e.fields.update(self._infotext(args)), owner)
+
+    @staticmethod
+    def _sampler(params, args) -> str:
+        return params.sampler_name if args["hr_sampler_name"] == SAME_SAMPLER else args["hr_sampler_name"]
+
+    @staticmethod
+    def _scheduler(params, args) -> str:
+        return params.scheduler if args["hr_scheduler"] == SAME_SCHEDULER else args["hr_scheduler"]
+
+    def _second_params(self, params, args, cls, **extra):
+        """The second pass's request: the first's, at the target size, with the hires choices."""
+        overrides = dict(params.override_settings)
+        if args["hr_checkpoint_name"] not in ("", SAME_CHECKPOINT):
+            overrides["sd_model_checkpoint"] = args["hr_checkpoint_name"]
+        return cls(
+            prompt=args["hr_prompt"] or params.prompt,
+            negative_prompt=args["hr_negative_prompt"] or params.negative_prompt,
+            styles=list(params.styles), sampler_name=self._sampler(params, args),
+            scheduler=self._scheduler(params, args), steps=args["hr_second_pass_steps"] or params.steps,
+            cfg_scale=params.cfg_scale, batch_size=1, n_iter=1, clip_skip=params.clip_skip, eta=params.eta,
+            override_settings=overrides, do_not_save_samples=True, do_not_save_grid=True, **extra)
+
+    def _upscale_one(self, state, params, job: _Pass, event, i: int, progress):
+        from modules.processing.runner import run_job
+        from modules.sampling.schedules import img2img_sigmas
+
+        args, seed = job.args, event.seeds[i]
+        child = JobProgress(control=progress.control) if progress is not None else None
+        before_model = state.models.current_info
+        hooks = type(state.hooks)()
+        if args["hr_upscaler"] in LATENT_UPSCALE_MODES:
+            cover_w, cover_h = job.cover
+            latent = latent_upscale(job.last_denoised[i:i + 1].float(), cover_w, cover_h, args["hr_upscaler"])
+            latent = _crop_centre(latent, job.height // 8, job.width // 8)
+            strength = args["denoising_strength"]
+
+            def start_from_upscaled(before) -> None:
+                noise = before.latents / before.sigmas[0]
+                before.sigmas = img2img_sigmas(before.sigmas, strength)
+                before.latents = latent.to(noise) + noise * before.sigmas[0]
+
+            hooks.register(HookPoint.BEFORE_SAMPLING, start_from_upscaled, self.extension or TITLE)
+            second = self._second_params(params, args, Txt2ImgParams, seed=seed, width=job.width, height=job.height)
+        else:
+            cover_w, cover_h = job.cover
+            image = event.images[i].resize((cover_w, cover_h), PIXEL_UPSCALERS[args["hr_upscaler"]])
+            left, top = (cover_w - job.width) // 2, (cover_h - job.height) // 2
+            image = image.crop((left, top, left + job.width, top + job.height))
+            second = self._second_params(params, args, Img2ImgParams, seed=seed, width=job.width, height=job.height,
+                                         init_images=[image], denoising_strength=args["denoising_strength"])
+        try:
+            result = run_job(state, second, child, extra_hooks=hooks)
+        finally:
+            if before_model is not None and state.models.current_info != before_model:
+                state.models.load(before_model)
+        return result.images[0] if result.images else event.images[i]
+
+    @staticmethod
+    def _infotext(args) -> dict:
+        resized = args["hr_resize_x"] > 0 or args["hr_resize_y"] > 0
+        checkpoint = args["hr_checkpoint_name"]
+        return {
+            "Denoising strength": _number(args["denoising_strength"]),
+            "Hires upscale": None if resized else _number(args["hr_scale"]),
+            "Hires resize": f"{args['hr_resize_x']}x{args['hr_resize_y']}" if resized else None,
+            "Hires steps": args["hr_second_pass_steps"] or None,
+            "Hires upscaler": args["hr_upscaler"],
+            "Hires checkpoint": None if checkpoint in ("", SAME_CHECKPOINT) else checkpoint,
+            "Hires sampler": args["hr_sampler_name"] if args["hr_sampler_name"] != SAME_SAMPLER else None,
+            "Hires schedule type": args["hr_scheduler"] if args["hr_scheduler"] != SAME_SCHEDULER else None,
+            "Hires prompt": args["hr_prompt"] or None,
+            "Hires negative prompt": args["hr_negative_prompt"] or None,
+        }
+
+
+def _number(value: float):
+    """2.0 → 2 (A1111 writes whole numbers without a decimal point)."""
+    return int(value) if float(value).is_integer() else value
+
+
+def _set_hires_arg(name: str):
+    def apply(cell, value) -> None:
+        cell.alwayson.setdefault(TITLE, {"args": {}})["args"][name] = value
+    return apply
+
+
+def _upscaler(text: str) -> str:
+    match = next((u for u in UPSCALERS if u.lower() == text.strip().lower()), None)
+    if match is None:
+        raise ValueError(f"unknown upscaler {text!r}; choose from {', '.join(UPSCALERS)}")
+    return match
+
+
+def register(api) -> None:
+    """X/Y/Z plot axes for the hires settings (the plot lists what extensions contribute)."""
+    api.contribute("xyz_axis", XyzAxis("Hires steps", int, _set_hires_arg("hr_second_pass_steps"), ("txt2img",),
+                                       numeric=True))
+    api.contribute("xyz_axis", XyzAxis("Hires upscaler", _upscaler, _set_hires_arg("hr_upscaler"), ("txt2img",),
+                                       choices=lambda state: list(UPSCALERS)))
+    api.contribute("xyz_axis", XyzAxis("Denoising", float, _set_hires_arg("denoising_strength"), ("txt2img",),
+                                       numeric=True))

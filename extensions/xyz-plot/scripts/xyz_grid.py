@@ -1,0 +1,282 @@
+"""X/Y/Z plot: one job per combination of up to three axes' values, shown as a labelled grid.
+
+Built-in axes change the job's parameters; other extensions add axes by contributing :class:`XyzAxis` values under
+the topic ``"xyz_axis"`` (the hires fix adds "Hires steps", "Hires upscaler" and txt2img "Denoising"). Values are
+comma-separated (quotes as in CSV); numeric axes also take ranges: ``1-5``, ``1-10 (+2)``, ``10-1 (-3)``,
+``1-10 [5]`` (5 evenly spaced values). Each cell runs through :func:`modules.scripts.run_generation` with the
+request's always-on scripts, so a cell is exactly the single run with those settings. A checkpoint axis switches
+models; the model loaded before the plot is loaded again afterwards.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import re
+
+from modules.processing import outputs
+from modules.processing.params import Img2ImgParams
+from modules.processing.runner import JobResult
+from modules.sampling import resolve_seed
+from modules.sampling.registry import SAMPLERS, SCHEDULES, resolve
+from modules.scripts import Control, Script, XyzAxis, XyzCell, find_script, named_args, run_generation
+
+TITLE = "X/Y/Z plot"
+NOTHING = "Nothing"
+_RANGE = re.compile(r"^\s*([+-]?[\d.]+)\s*-\s*([+-]?[\d.]+)\s*(?:\(\s*([+-]?[\d.]+)\s*\)|\[\s*(\d+)\s*\])?\s*$")
+
+
+def split_values(text: str) -> list[str]:
+    """Comma-separated values, CSV quoting allowed ("a, b", c); blanks dropped."""
+    row = next(csv.reader([text], skipinitialspace=True), [])
+    return [v.strip() for v in row if v.strip()]
+
+
+def expand_numbers(text: str, kind: type) -> list:
+    """Values of a numeric axis: items and ranges (``1-5``, ``1-10 (+2)``, ``1-10 [5]``) as ``kind`` (int/float)."""
+    values: list = []
+    for item in split_values(text):
+        m = _RANGE.match(item)
+        if m is None:
+            values.append(kind(float(item)) if kind is int else kind(item))
+            continue
+        start, end = float(m.group(1)), float(m.group(2))
+        if m.group(4):  # [count]: evenly spaced, both ends included
+            count = int(m.group(4))
+            points = [start + (end - start) * k / max(1, count - 1) for k in range(count)] if count > 1 else [start]
+        else:
+            step = float(m.group(3)) if m.group(3) else (1.0 if end >= start else -1.0)
+            if step == 0 or (end - start) * step < 0:
+                raise ValueError(f"range {item!r} never reaches its end")
+            n = int(math.floor((end - start) / step + 1e-9)) + 1
+            points = [start + step * k for k in range(n)]
+        values.extend(int(p) if kind is int else round(p, 10) for p in points)  # int() truncates, as A1111
+    return values
+
+
+def _match(text: str, names, what: str) -> str:
+    found = next((n for n in names if n.lower() == text.strip().lower()), None)
+    if found is None:
+        raise ValueError(f"unknown {what} {text!r}")
+    return found
+
+
+def _sampler(text: str) -> str:
+    resolve(text, "Automatic")  # accepts aliases, raises ValueError when unknown
+    return text.strip()
+
+
+def _set(name: str):
+    def apply(cell: XyzCell, value) -> None:
+        setattr(cell.params, name, value)
+    return apply
+
+
+def _override(name: str):
+    def apply(cell: XyzCell, value) -> None:
+        cell.params.override_settings = {**cell.params.override_settings, name: value}
+    return apply
+
+
+def _prompt_sr(cell: XyzCell, value) -> None:
+    search, replacement = value
+    cell.params.prompt = cell.params.prompt.replace(search, replacement)
+    cell.params.negative_prompt = cell.params.negative_prompt.replace(search, replacement)
+
+
+def builtin_axes(state) -> list[XyzAxis]:
+    """The plot's own axes (checkpoint and VAE choices come from the state's catalogs)."""
+    def checkpoint(text: str) -> str:
+        info = state.models.catalog.find(text)
+        if info is None:
+            raise ValueError(f"unknown checkpoint {text!r}")
+        return state.models.catalog.title(info)
+
+    def vae(text: str) -> str:
+        return _match(text, state.vaes.choices(), "VAE")
+
+    return [
+        XyzAxis(NOTHING, str, lambda cell, value: None),
+        XyzAxis("Seed", int, _set("seed"), numeric=True),
+        XyzAxis("Steps", int, _set("steps"), numeric=True),
+        XyzAxis("CFG scale", float, _set("cfg_scale"), numeric=True),
+        XyzAxis("Sampler", _sampler, _set("sampler_name"), choices=lambda s: [x.name for x in SAMPLERS]),
+        XyzAxis("Schedule type", lambda t: _match(t, [x.label for x in SCHEDULES], "schedule type"), _set("scheduler"),
+                choices=lambda s: [x.label for x in SCHEDULES]),
+        XyzAxis("Checkpoint name", checkpoint, _override("sd_model_checkpoint"),
+                choices=lambda s: [s.models.catalog.title(i) for i in s.models.catalog.items()]),
+        XyzAxis("VAE", vae, _override("sd_vae"), choices=lambda s: s.vaes.choices()),
+        XyzAxis("Prompt S/R", str, _prompt_sr),
+        XyzAxis("Denoising", float, _set("denoising_strength"), ("img2img",), numeric=True),
+        XyzAxis("Clip skip", int, _set("clip_skip"), numeric=True),
+    ]
+
+
+def axes_for(state, kind: str) -> list[XyzAxis]:
+    """Every axis available for ``kind``: built-in, then those contributed by extensions."""
+    extensions = getattr(state, "extensions", None)
+    contributed = extensions.contributions("xyz_axis") if extensions else []
+    return [a for a in [*builtin_axes(state), *contributed] if isinstance(a, XyzAxis) and kind in a.kinds]
+
+
+def axis_values(axis: XyzAxis, text: str) -> list:
+    """Parse an axis's value text; Prompt S/R gives (search, replacement) pairs, the first pair the original."""
+    if axis.label == NOTHING:
+        return [None]
+    if axis.numeric:
+        values = expand_numbers(text, axis.parse if axis.parse in (int, float) else float)
+        values = [axis.parse(v) if axis.parse not in (int, float) else v for v in values]
+    else:
+        values = [axis.parse(v) for v in split_values(text)]
+    if axis.label == "Prompt S/R":
+        values = [(values[0], v) for v in values] if values else []
+    if not values:
+        raise ValueError(f"{axis.label}: no values given")
+    return values
+
+
+def _label(axis: XyzAxis, value) -> str:
+    if axis.label == "Prompt S/R":
+        return value[1]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value) if axis.parse is not float else value
+    return f"{axis.label}: {value}"
+
+
+class XyzPlot(Script):
+    title = TITLE
+    alwayson = False
+
+    def __init__(self, state):
+        self.state = state  # the axis list depends on the catalogs and on what other extensions contribute
+
+    def controls(self, kind: str) -> list[Control]:
+        labels = tuple(a.label for a in axes_for(self.state, kind))
+        return [
+            Control("x_type", "dropdown", "X type", NOTHING, choices=labels),
+            Control("x_values", "text", "X values", ""),
+            Control("y_type", "dropdown", "Y type", NOTHING, choices=labels),
+            Control("y_values", "text", "Y values", ""),
+            Control("z_type", "dropdown", "Z type", NOTHING, choices=labels),
+            Control("z_values", "text", "Z values", ""),
+            Control("draw_legend", "checkbox", "Draw legend", True),
+            Control("include_lone_images", "checkbox", "Include sub images", True),
+            Control("no_fixed_seeds", "checkbox", "Keep -1 for seeds", False),
+        ]
+
+    def run(self, state, params, args: dict, progress, alwayson: dict | None = None):
+        kind = params.kind
+        axes = {a.label.lower(): a for a in axes_for(state, kind)}
+        chosen = []
+        for key in ("x", "y", "z"):
+            name = (args[f"{key}_type"] or NOTHING).strip().lower()
+            if name not in axes:
+                raise ValueError(f"{TITLE}: unknown {key.upper()} axis {args[f'{key}_type']!r} "
+                                 f"(available: {', '.join(a.label for a in axes.values())})")
+            axis = axes[name]
+            try:
+                chosen.append((axis, axis_values(axis, args[f"{key}_values"])))
+            except ValueError as e:
+                raise ValueError(f"{TITLE}: {key.upper()} axis {axis.label}: {e}") from None
+
+        base = copy.copy(params)
+        if not args["no_fixed_seeds"]:
+            base.seed = resolve_seed(int(base.seed))
+            base.subseed = resolve_seed(int(base.subseed))
+        request_alwayson = self._named_alwayson(state, kind, alwayson)
+        (x_axis, xs), (y_axis, ys), (z_axis, zs) = chosen
+        original_model = state.models.current_info
+        cells, infotexts, warnings = [], [], []
+        result = JobResult()
+        try:
+            for z in zs:
+                for y in ys:
+                    for x in xs:
+                        if progress.control.interrupted:
+                            result.interrupted = True
+                            break
+                        cell = XyzCell(self._copy_params(base), copy.deepcopy(request_alwayson))
+                        for axis, value in ((x_axis, x), (y_axis, y), (z_axis, z)):
+                            axis.apply(cell, value)
+                        cell.params.do_not_save_grid = True
+                        progress.step = 0  # progress shows the cell being made
+                        progress.textinfo = f"X/Y/Z plot: cell {len(cells) + 1} of {len(xs) * len(ys) * len(zs)}"
+                        one = run_generation(state, cell.params, progress, alwayson=cell.alwayson)
+                        image = one.images[0] if len(one.images) == 1 else outputs.make_grid(one.images)
+                        cells.append(image)
+                        infotexts.append(one.infotexts[0] if one.infotexts else "")
+                        warnings.extend(w for w in one.warnings if w not in warnings)
+                        result.seeds.append(one.seeds[0])
+                        result.subseeds.append(one.subseeds[0])
+                        result.prompts.append(one.prompts[0])
+                        result.negative_prompts.append(one.negative_prompts[0])
+                        result.paths.extend(one.paths)
+                        result.info = result.info or one.info
+        finally:
+            if original_model is not None and state.models.current_info != original_model:
+                state.models.load(original_model)
+        result.warnings = warnings
+        if len(cells) != len(xs) * len(ys) * len(zs):  # interrupted: the finished cells, no grid
+            result.images, result.infotexts = cells, infotexts
+            return result
+        grid = self._grid(cells, chosen, args["draw_legend"])
+        result.grid = grid
+        result.images = [grid, *(cells if args["include_lone_images"] else [])]
+        result.infotexts = [infotexts[0], *(infotexts if args["include_lone_images"] else [])]
+        settings = state.settings.current
+        if settings.grid_save and settings.samples_save:
+            from modules.image_io import save_image
+
+            folder = outputs.dated_folder(state.options.outputs_dir, f"{kind}-grids")
+            result.grid_path = save_image(grid, outputs.next_grid_path(folder, settings.grid_format),
+                                          infotext=infotexts[0])
+        result.info = {**result.info, "infotexts": result.infotexts, "all_seeds": result.seeds}
+        return result
+
+    def axis_choices(self, state, kind: str) -> dict[str, list]:
+        """Axis name → value choices (empty list: free text), for the UI's axis and value dropdowns."""
+        return {a.label: (a.choices(state) if a.choices else []) for a in axes_for(state, kind)}
+
+    @staticmethod
+    def _copy_params(params):
+        clone = copy.copy(params)
+        clone.override_settings = dict(params.override_settings)
+        clone.styles = list(params.styles)
+        if isinstance(params, Img2ImgParams):
+            clone.init_images = list(params.init_images)
+        return clone
+
+    @staticmethod
+    def _named_alwayson(state, kind: str, alwayson: dict | None) -> dict:
+        """The request's always-on arguments by script title and control name, so axes can change them."""
+        named = {}
+        for title, entry in (alwayson or {}).items():
+            script = find_script(state, kind, str(title), alwayson=True)
+            raw = entry.get("args") if isinstance(entry, dict) else entry
+            if script is None:
+                named[title] = entry
+            else:
+                named[script.title] = {"args": named_args(script, kind, raw)}
+        return named
+
+    @staticmethod
+    def _grid(cells: list, chosen, legend: bool):
+        (x_axis, xs), (y_axis, ys), (z_axis, zs) = chosen
+        per_z = len(xs) * len(ys)
+        x_labels = [_label(x_axis, x) for x in xs] if legend and x_axis.label != NOTHING else []
+        y_labels = [_label(y_axis, y) for y in ys] if legend and y_axis.label != NOTHING else []
+        grids = []
+        for k in range(len(zs)):
+            part = cells[k * per_z:(k + 1) * per_z]
+            if x_labels or y_labels:
+                grids.append(outputs.labelled_grid(part, x_labels, y_labels))
+            else:
+                grids.append(outputs.make_grid(part, rows=len(ys)))
+        if len(grids) == 1:
+            return grids[0]
+        z_labels = [_label(z_axis, z) for z in zs] if legend and z_axis.label != NOTHING else []
+        return outputs.labelled_grid(grids, z_labels, []) if z_labels else outputs.make_grid(grids, rows=1)
+
+
+def register(api) -> None:
+    api.add_script(XyzPlot(api.state))
