@@ -21,8 +21,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from modules.networks.lora import build_module_index, load_network  # noqa: E402
-from modules.networks.patcher import NetworkPatch, WeightPatcher  # noqa: E402
+from modules.networks.lora import build_module_index, load_network
+from modules.networks.patcher import NetworkPatch, WeightPatcher
 
 
 def build_models(dtype: torch.dtype, device: str) -> dict[str, torch.nn.Module]:

@@ -1,0 +1,284 @@
+"""Network files on disk: safetensors headers, A1111 hashes, safe loading, and the LoRA listing.
+
+Everything here except `load_tensor_file` works on file bytes alone, so listing LoRAs does not import torch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+HASH_BLOCK = 1024 * 1024
+TRIGGER_WORD_COUNT = 10
+
+
+class PickleNotAllowedError(ValueError):
+    """A pickle-based file was refused because pickle loading is not enabled."""
+
+
+@dataclass(frozen=True)
+class SafetensorsHeader:
+    """The JSON header of a .safetensors file: tensor shapes/dtypes and the free-form metadata strings."""
+
+    tensors: Mapping[str, Mapping[str, Any]]
+    metadata: Mapping[str, str]
+    data_start: int
+
+
+def read_safetensors_header(path: str | os.PathLike) -> SafetensorsHeader:
+    """Read and validate the header of a .safetensors file without touching the tensor data."""
+    path = Path(path)
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError(f"{path}: not a safetensors file (shorter than 8 bytes)")
+        (length,) = struct.unpack("<Q", head)
+        if length > min(size - 8, MAX_HEADER_BYTES):
+            raise ValueError(f"{path}: corrupt safetensors header (declared length {length}, file size {size})")
+        raw = f.read(length)
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: corrupt safetensors header ({e})") from e
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: corrupt safetensors header (not a JSON object)")
+    metadata = header.pop("__metadata__", None) or {}
+    return SafetensorsHeader(tensors=header, metadata=metadata, data_start=8 + length)
+
+
+def addnet_hash(path: str | os.PathLike) -> str:
+    """A1111's LoRA ("addnet") hash: sha256 hex of the bytes after the 8-byte length and the JSON header."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        f.seek(8 + length)
+        while chunk := f.read(HASH_BLOCK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 hex of the whole file (A1111's hash for checkpoints and textual-inversion embeddings)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(HASH_BLOCK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class HashCache:
+    """Lazily computed file hashes, remembered per path until the file's size or mtime changes."""
+
+    def __init__(self, hash_fn: Callable[[Path], str]):
+        self._hash_fn = hash_fn
+        self._entries: dict[Path, tuple[int, int, str]] = {}
+
+    def get(self, path: str | os.PathLike) -> str:
+        """The hash of `path`, computed only if the file is new or changed since the last call."""
+        path = Path(path).resolve()
+        st = path.stat()
+        cached = self._entries.get(path)
+        if cached is not None and cached[:2] == (st.st_size, st.st_mtime_ns):
+            return cached[2]
+        value = self._hash_fn(path)
+        self._entries[path] = (st.st_size, st.st_mtime_ns, value)
+        return value
+
+
+def file_identity(path: str | os.PathLike) -> str:
+    """A string that changes when the file at `path` is replaced or modified (path, size, mtime)."""
+    path = Path(path).resolve()
+    st = path.stat()
+    return f"{path}|{st.st_size}|{st.st_mtime_ns}"
+
+
+def load_tensor_file(path: str | os.PathLike, *, allow_pickle: bool = False) -> tuple[dict[str, Any], dict[str, str]]:
+    """Load a tensor file into CPU memory: (state dict, safetensors metadata).
+
+    `.safetensors` always; pickle formats (.pt/.pth/.ckpt/.bin) only with `allow_pickle`, and even then through
+    `torch.load(weights_only=True)`, which refuses arbitrary objects.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        header = read_safetensors_header(path)
+        try:
+            return load_file(path, device="cpu"), dict(header.metadata)
+        except SafetensorError as e:
+            raise ValueError(f"{path}: unreadable safetensors file ({e})") from e
+    if suffix in PICKLE_SUFFIXES:
+        if not allow_pickle:
+            raise PickleNotAllowedError(
+                f"{path}: '{suffix}' files are Python pickles that can run arbitrary code when loaded; "
+                "convert it to .safetensors, or start with --allow-pickle to load it (restricted to tensors "
+                "and plain data)"
+            )
+        import pickle
+
+        import torch
+
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except (pickle.UnpicklingError, RuntimeError, EOFError) as e:
+            raise ValueError(f"{path}: could not be loaded as a weights-only pickle ({e})") from e
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: expected a dict of tensors, found {type(data).__name__}")
+        return data, {}
+    raise ValueError(f"{path}: unsupported file type '{suffix}'")
+
+
+@dataclass(frozen=True)
+class LoraInfo:
+    """One LoRA-family file as listed to users (A1111's /sdapi/v1/loras fields plus what the metadata says)."""
+
+    name: str
+    path: Path
+    alias: str
+    base_model: str | None
+    trigger_words: tuple[str, ...] = ()
+    metadata: Mapping[str, str] = field(default_factory=dict)
+
+
+_BASE_MODEL_PREFIXES = (
+    ("sdxl", "SDXL"),
+    ("stable-diffusion-xl", "SDXL"),
+    ("sd_v2", "SD2"),
+    ("stable-diffusion-v2", "SD2"),
+    ("sd_v1", "SD1"),
+    ("stable-diffusion-v1", "SD1"),
+)
+_CONTEXT_FAMILIES = {768: "SD1", 1024: "SD2", 2048: "SDXL"}
+
+
+def _family_from_text(value: str) -> str:
+    lowered = value.strip().lower()
+    for prefix, family in _BASE_MODEL_PREFIXES:
+        if lowered.startswith(prefix):
+            return family
+    return value
+
+
+def _family_from_keys(tensors: Mapping[str, Mapping[str, Any]]) -> str | None:
+    if any(k.startswith(("lora_te2_", "text_encoder_2.")) for k in tensors):
+        return "SDXL"
+    down_widths = {
+        key: info["shape"][1]
+        for key, info in tensors.items()
+        if key.endswith((".lora_down.weight", ".lora_A.weight")) and len(info.get("shape", ())) == 2
+    }
+    for key, width in down_widths.items():
+        if "attn2_to_k" in key or "attn2.to_k" in key:
+            return _CONTEXT_FAMILIES.get(width)
+    for key, width in down_widths.items():
+        if "q_proj" in key:
+            return {768: "SD1", 1024: "SD2"}.get(width)
+    return None
+
+
+def base_model_of(header: SafetensorsHeader) -> str | None:
+    """The base-model family a LoRA was trained for: from its metadata, else from its key names and shapes.
+
+    Returns "SD1", "SD2", "SDXL", the raw metadata value for other architectures, or None when unknown.
+    """
+    meta = header.metadata
+    if meta.get("ss_base_model_version"):
+        return _family_from_text(meta["ss_base_model_version"])
+    if meta.get("modelspec.architecture"):
+        return _family_from_text(meta["modelspec.architecture"].split("/")[0])
+    if meta.get("ss_v2") == "True":
+        return "SD2"
+    return _family_from_keys(header.tensors)
+
+
+def trigger_words_of(metadata: Mapping[str, str], count: int = TRIGGER_WORD_COUNT) -> tuple[str, ...]:
+    """The most frequent training tags (kohya's `ss_tag_frequency`, summed over dataset folders)."""
+    raw = metadata.get("ss_tag_frequency")
+    if not raw:
+        return ()
+    try:
+        folders = json.loads(raw)
+    except json.JSONDecodeError:
+        return ()
+    totals: Counter[str] = Counter()
+    for tags in folders.values() if isinstance(folders, dict) else ():
+        if isinstance(tags, dict):
+            for tag, n in tags.items():
+                if tag.strip() and isinstance(n, int):
+                    totals[tag.strip()] += n
+    ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))
+    return tuple(tag for tag, _ in ranked[:count])
+
+
+def describe_lora(path: str | os.PathLike) -> LoraInfo:
+    """Read a LoRA file's header and describe it (name = file stem)."""
+    path = Path(path)
+    header = read_safetensors_header(path)
+    metadata = {k: str(v) for k, v in header.metadata.items()}
+    return LoraInfo(
+        name=path.stem,
+        path=path,
+        alias=metadata.get("ss_output_name") or path.stem,
+        base_model=base_model_of(header),
+        trigger_words=trigger_words_of(metadata),
+        metadata=metadata,
+    )
+
+
+class LoraCatalog:
+    """The LoRA files under one folder (recursive `*.safetensors`), with lazily computed and cached hashes."""
+
+    def __init__(self, root: str | os.PathLike, hash_fn: Callable[[Path], str] = addnet_hash):
+        self.root = Path(root)
+        self._hashes = HashCache(hash_fn)
+        self._items: tuple[LoraInfo, ...] = ()
+        self.errors: dict[Path, str] = {}
+
+    @property
+    def items(self) -> tuple[LoraInfo, ...]:
+        """The LoRAs found by the last `refresh()`, sorted by path."""
+        return self._items
+
+    def refresh(self) -> tuple[LoraInfo, ...]:
+        """Re-scan the folder. Unreadable files are left out and recorded in `errors` (and logged)."""
+        items, errors = [], {}
+        paths = sorted(self.root.rglob("*.safetensors")) if self.root.is_dir() else []
+        for path in paths:
+            try:
+                items.append(describe_lora(path))
+            except (OSError, ValueError) as e:
+                errors[path] = str(e)
+                log.warning("skipping LoRA %s: %s", path, e)
+        self._items, self.errors = tuple(items), errors
+        return self._items
+
+    def find(self, name: str) -> LoraInfo | None:
+        """The LoRA called `name` (file stem first, then the training alias); None if there is none."""
+        for attr in ("name", "alias"):
+            for info in self._items:
+                if getattr(info, attr) == name:
+                    return info
+        return None
+
+    def hash(self, info: LoraInfo) -> str:
+        """The full addnet sha256 of a listed LoRA (computed on first use, cached by path+size+mtime)."""
+        return self._hashes.get(info.path)
+
+    def short_hash(self, info: LoraInfo) -> str:
+        """The 12-hex-digit hash A1111 writes in infotext ("Lora hashes")."""
+        return self.hash(info)[:12]
