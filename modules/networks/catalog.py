@@ -54,7 +54,7 @@ def read_safetensors_header(path: str | os.PathLike) -> SafetensorsHeader:
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ValueError(f"{path}: corrupt safetensors header ({e})") from e
     if not isinstance(header, dict):
-        raise ValueError(f"{path}: corrupt safetensors header (not a JSON object)")
+        raise ValueError(f"{path}: corrupt safetensors header (not a JSON object)")  # noqa: TRY004 (bad file)
     metadata = header.pop("__metadata__", None) or {}
     return SafetensorsHeader(tensors=header, metadata=metadata, data_start=8 + length)
 
