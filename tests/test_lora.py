@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from modules.hashing import HashCache
 from modules.networks.catalog import LoraCatalog
 from modules.networks.lora import WeightRef, build_module_index, load_network
 from modules.networks.patcher import NetworkPatch, WeightPatcher
@@ -435,14 +436,8 @@ def test_lora_listing_name_hash_metadata_and_lazy_cached_hashing(models, tmp_pat
     save(root, "plain", make_kohya_lora(models, seed=5))
     (root / "broken.safetensors").write_bytes(b"\xff" * 20)
 
-    calls = []
-
-    def counting_hash(p):
-        calls.append(p)
-        data = p.read_bytes()
-        return hashlib.sha256(data[8 + int.from_bytes(data[:8], "little") :]).hexdigest()
-
-    catalog = LoraCatalog(root, hash_fn=counting_hash)
+    hashes = HashCache(tmp_path / "hashes.json")
+    catalog = LoraCatalog(root, hashes)
     items = catalog.refresh()
     assert [i.name for i in items] == ["plain", "ink_v2"]  # sorted by path: plain.safetensors < styles/
     assert list(catalog.errors) == [root / "broken.safetensors"]
@@ -450,19 +445,16 @@ def test_lora_listing_name_hash_metadata_and_lazy_cached_hashing(models, tmp_pat
     assert ink is catalog.find("ink_v2") and ink.alias == "InkStyle"
     assert ink.base_model == "SDXL"
     assert ink.trigger_words[:3] == ("mountain", "ink wash", "river")
-    assert calls == []  # listing never hashes
+    assert hashes.cached(path, "addnet") is None  # listing never hashes
 
     data = path.read_bytes()
     expected = hashlib.sha256(data[8 + int.from_bytes(data[:8], "little") :]).hexdigest()
     assert catalog.short_hash(ink) == expected[:12]
-    assert catalog.short_hash(ink) == expected[:12] and len(calls) == 1  # cached
-    default = LoraCatalog(root)
-    default.refresh()
-    assert default.short_hash(default.find("ink_v2")) == expected[:12]  # the built-in addnet hash agrees
+    assert HashCache(tmp_path / "hashes.json").cached(path, "addnet") == expected  # kept on disk
     save(root / "styles", "ink_v2", make_kohya_lora(models, seed=99), meta)  # file replaced: same size
     mtime = path.stat().st_mtime_ns + 10**9
     os.utime(path, ns=(mtime, mtime))
-    assert catalog.short_hash(ink) != expected[:12] and len(calls) == 2
+    assert catalog.short_hash(ink) != expected[:12]
 
 
 def test_base_model_from_key_shapes_when_metadata_is_missing(tmp_path):
@@ -479,7 +471,7 @@ def test_base_model_from_key_shapes_when_metadata_is_missing(tmp_path):
     save_file(
         {q: torch.zeros(4, 768)}, str(spec), metadata={"modelspec.architecture": "stable-diffusion-v2-768-v/lora"}
     )
-    catalog = LoraCatalog(tmp_path)
+    catalog = LoraCatalog(tmp_path, HashCache(tmp_path / "hashes.json"))
     catalog.refresh()
     found = {i.name: i.base_model for i in catalog.items}
     assert found == {"sd1": "SD1", "sd2": "SD2", "sdxl": "SDXL", "ctx": "SDXL", "spec": "SD2"}

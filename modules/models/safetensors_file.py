@@ -10,7 +10,7 @@ PICKLE_SUFFIXES = {".ckpt", ".pt", ".pth", ".bin"}
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 
-class ModelFileError(RuntimeError):
+class ModelFileError(ValueError):
     """A weights file that cannot be used; the message names the file and the reason."""
 
 

@@ -36,7 +36,7 @@ def ldm_names(unet) -> dict[str, str]:
 
 class ActiveNetworks:
     def __init__(self, lora_dir: Path, embedding_dirs: list[Path], hashes: HashCache, allow_pickle: bool = False):
-        self.loras = LoraCatalog(lora_dir, hash_fn=lambda p: hashes.get(p, "addnet"))
+        self.loras = LoraCatalog(lora_dir, hashes)
         self.loras.refresh()
         self.embedding_dirs = list(embedding_dirs)
         self.allow_pickle = allow_pickle

@@ -1,101 +1,29 @@
-"""Network files on disk: safetensors headers, A1111 hashes, safe loading, and the LoRA listing.
+"""Network files on disk: safe loading and the LoRA listing (hashes come from the app's disk-backed HashCache).
 
 Everything here except `load_tensor_file` works on file bytes alone, so listing LoRAs does not import torch.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import struct
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from modules.hashing import HashCache
+from modules.models.safetensors_file import PICKLE_SUFFIXES, SafetensorsHeader, TensorEntry, read_header
+
 log = logging.getLogger(__name__)
 
-PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
-MAX_HEADER_BYTES = 100 * 1024 * 1024
-HASH_BLOCK = 1024 * 1024
 TRIGGER_WORD_COUNT = 10
 
 
 class PickleNotAllowedError(ValueError):
     """A pickle-based file was refused because pickle loading is not enabled."""
-
-
-@dataclass(frozen=True)
-class SafetensorsHeader:
-    """The JSON header of a .safetensors file: tensor shapes/dtypes and the free-form metadata strings."""
-
-    tensors: Mapping[str, Mapping[str, Any]]
-    metadata: Mapping[str, str]
-    data_start: int
-
-
-def read_safetensors_header(path: str | os.PathLike) -> SafetensorsHeader:
-    """Read and validate the header of a .safetensors file without touching the tensor data."""
-    path = Path(path)
-    size = path.stat().st_size
-    with path.open("rb") as f:
-        head = f.read(8)
-        if len(head) != 8:
-            raise ValueError(f"{path}: not a safetensors file (shorter than 8 bytes)")
-        (length,) = struct.unpack("<Q", head)
-        if length > min(size - 8, MAX_HEADER_BYTES):
-            raise ValueError(f"{path}: corrupt safetensors header (declared length {length}, file size {size})")
-        raw = f.read(length)
-    try:
-        header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path}: corrupt safetensors header ({e})") from e
-    if not isinstance(header, dict):
-        raise ValueError(f"{path}: corrupt safetensors header (not a JSON object)")  # noqa: TRY004 (bad file)
-    metadata = header.pop("__metadata__", None) or {}
-    return SafetensorsHeader(tensors=header, metadata=metadata, data_start=8 + length)
-
-
-def addnet_hash(path: str | os.PathLike) -> str:
-    """A1111's LoRA ("addnet") hash: sha256 hex of the bytes after the 8-byte length and the JSON header."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        (length,) = struct.unpack("<Q", f.read(8))
-        f.seek(8 + length)
-        while chunk := f.read(HASH_BLOCK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """sha256 hex of the whole file (A1111's hash for checkpoints and textual-inversion embeddings)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(HASH_BLOCK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-class HashCache:
-    """Lazily computed file hashes, remembered per path until the file's size or mtime changes."""
-
-    def __init__(self, hash_fn: Callable[[Path], str]):
-        self._hash_fn = hash_fn
-        self._entries: dict[Path, tuple[int, int, str]] = {}
-
-    def get(self, path: str | os.PathLike) -> str:
-        """The hash of `path`, computed only if the file is new or changed since the last call."""
-        path = Path(path).resolve()
-        st = path.stat()
-        cached = self._entries.get(path)
-        if cached is not None and cached[:2] == (st.st_size, st.st_mtime_ns):
-            return cached[2]
-        value = self._hash_fn(path)
-        self._entries[path] = (st.st_size, st.st_mtime_ns, value)
-        return value
 
 
 def file_identity(path: str | os.PathLike) -> str:
@@ -117,9 +45,9 @@ def load_tensor_file(path: str | os.PathLike, *, allow_pickle: bool = False) -> 
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
-        header = read_safetensors_header(path)
+        read_header(path)  # a clear error for a corrupt or truncated file
         try:
-            return load_file(path, device="cpu"), dict(header.metadata)
+            return load_file(path, device="cpu"), dict(read_header(path).metadata)
         except SafetensorError as e:
             raise ValueError(f"{path}: unreadable safetensors file ({e})") from e
     if suffix in PICKLE_SUFFIXES:
@@ -174,13 +102,13 @@ def _family_from_text(value: str) -> str:
     return value
 
 
-def _family_from_keys(tensors: Mapping[str, Mapping[str, Any]]) -> str | None:
+def _family_from_keys(tensors: Mapping[str, TensorEntry]) -> str | None:
     if any(k.startswith(("lora_te2_", "text_encoder_2.")) for k in tensors):
         return "SDXL"
     down_widths = {
-        key: info["shape"][1]
+        key: info.shape[1]
         for key, info in tensors.items()
-        if key.endswith((".lora_down.weight", ".lora_A.weight")) and len(info.get("shape", ())) == 2
+        if key.endswith((".lora_down.weight", ".lora_A.weight")) and len(info.shape) == 2
     }
     for key, width in down_widths.items():
         if "attn2_to_k" in key or "attn2.to_k" in key:
@@ -228,7 +156,7 @@ def trigger_words_of(metadata: Mapping[str, str], count: int = TRIGGER_WORD_COUN
 def describe_lora(path: str | os.PathLike) -> LoraInfo:
     """Read a LoRA file's header and describe it (name = file stem)."""
     path = Path(path)
-    header = read_safetensors_header(path)
+    header = read_header(path)
     metadata = {k: str(v) for k, v in header.metadata.items()}
     return LoraInfo(
         name=path.stem,
@@ -243,9 +171,9 @@ def describe_lora(path: str | os.PathLike) -> LoraInfo:
 class LoraCatalog:
     """The LoRA files under one folder (recursive `*.safetensors`), with lazily computed and cached hashes."""
 
-    def __init__(self, root: str | os.PathLike, hash_fn: Callable[[Path], str] = addnet_hash):
+    def __init__(self, root: str | os.PathLike, hashes: HashCache):
         self.root = Path(root)
-        self._hashes = HashCache(hash_fn)
+        self._hashes = hashes
         self._items: tuple[LoraInfo, ...] = ()
         self.errors: dict[Path, str] = {}
 
@@ -277,7 +205,7 @@ class LoraCatalog:
 
     def hash(self, info: LoraInfo) -> str:
         """The full addnet sha256 of a listed LoRA (computed on first use, cached by path+size+mtime)."""
-        return self._hashes.get(info.path)
+        return self._hashes.get(info.path, "addnet")
 
     def short_hash(self, info: LoraInfo) -> str:
         """The 12-hex-digit hash A1111 writes in infotext ("Lora hashes")."""

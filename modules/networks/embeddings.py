@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from modules.networks.catalog import PICKLE_SUFFIXES, PickleNotAllowedError, load_tensor_file, read_safetensors_header
+from modules.models.safetensors_file import PICKLE_SUFFIXES, read_header
+from modules.networks.catalog import PickleNotAllowedError, load_tensor_file
 
 if TYPE_CHECKING:
     import torch
@@ -113,7 +114,7 @@ def load_embedding(path: str | os.PathLike, *, allow_pickle: bool = False) -> Em
         if path.suffix.lower() == ".safetensors":
             from safetensors import SafetensorError, safe_open
 
-            names = _embedding_tensor_names(list(read_safetensors_header(path).tensors))
+            names = _embedding_tensor_names(list(read_header(path).tensors))
             try:
                 with safe_open(path, framework="pt", device="cpu") as f:
                     data = {n: f.get_tensor(n) for n in names}
