@@ -1,0 +1,226 @@
+"""Request and response bodies of the A1111-compatible HTTP API (``/sdapi/v1``), with A1111's field names and defaults.
+
+Limits come from :mod:`modules.processing.params`, so that the OpenAPI schema (``/openapi.json``, ``/docs``) tells
+clients what the engine accepts; values outside them are refused with 422 before a job is queued. Fields that A1111
+clients send but this engine has no use for (``s_churn``, ``firstphase_width``, …) are accepted and ignored.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+from modules.processing import params as limits
+
+
+class GenerationRequest(BaseModel):
+    """Fields common to txt2img and img2img."""
+
+    prompt: str = ""
+    negative_prompt: str = ""
+    styles: list[str] = Field(default_factory=list, description="names from /prompt-styles")
+    seed: int = Field(-1, description="-1: random")
+    subseed: int = -1
+    subseed_strength: float = Field(0.0, ge=0, le=1)
+    seed_resize_from_h: int = -1
+    seed_resize_from_w: int = -1
+    sampler_name: str | None = Field(None, description="a name or alias from /samplers; empty: the default sampler")
+    sampler_index: str | None = Field(None, description="deprecated: used when sampler_name is empty")
+    scheduler: str | None = Field(None, description="a name or label from /schedulers; empty: Automatic")
+    batch_size: int = Field(1, ge=1, le=limits.MAX_BATCH_SIZE)
+    n_iter: int = Field(1, ge=1, le=limits.MAX_N_ITER)
+    steps: int = Field(50, ge=1, le=limits.MAX_STEPS)
+    cfg_scale: float = Field(7.0, ge=0, le=100)
+    width: int = Field(512, ge=limits.MIN_SIZE, le=limits.MAX_SIZE, description="floored to a multiple of 8")
+    height: int = Field(512, ge=limits.MIN_SIZE, le=limits.MAX_SIZE, description="floored to a multiple of 8")
+    restore_faces: bool | None = None
+    tiling: bool | None = None
+    do_not_save_samples: bool = False
+    do_not_save_grid: bool = False
+    eta: float | None = None
+    denoising_strength: float | None = Field(None, ge=0, le=1)
+    override_settings: dict[str, Any] | None = Field(None, description="settings for this request only")
+    override_settings_restore_afterwards: bool = Field(True, description="accepted; overrides never outlive a job")
+    script_name: str | None = Field(None, description="a selectable script from /scripts")
+    script_args: list[Any] | dict[str, Any] = Field(default_factory=list, description="positional list or by name")
+    send_images: bool = True
+    save_images: bool = False
+    alwayson_scripts: dict[str, Any] = Field(default_factory=dict, description='{"Title": {"args": [...] or {...}}}')
+    infotext: str | None = Field(None, description="fills fields not given in the request from an infotext")
+
+
+class Txt2ImgRequest(GenerationRequest):
+    enable_hr: bool = False
+    hr_scale: float = Field(2.0, ge=1, le=4)
+    hr_upscaler: str | None = None
+    hr_second_pass_steps: int = Field(0, ge=0, le=limits.MAX_STEPS)
+    hr_resize_x: int = Field(0, ge=0, le=limits.MAX_SIZE)
+    hr_resize_y: int = Field(0, ge=0, le=limits.MAX_SIZE)
+    hr_checkpoint_name: str | None = None
+    hr_sampler_name: str | None = None
+    hr_scheduler: str | None = None
+    hr_prompt: str = ""
+    hr_negative_prompt: str = ""
+    firstphase_width: int = 0
+    firstphase_height: int = 0
+
+
+class Img2ImgRequest(GenerationRequest):
+    init_images: list[str] = Field(default_factory=list, description="base64 images (data: URLs accepted)")
+    resize_mode: int = Field(0, ge=0, le=3)
+    denoising_strength: float = Field(0.75, ge=0, le=1)
+    image_cfg_scale: float | None = None
+    mask: str | None = Field(None, description="base64 image; white = repaint")
+    mask_blur: int = Field(4, ge=0, le=64)
+    inpainting_fill: int = Field(0, ge=0, le=3, description="0 fill, 1 original, 2 latent noise, 3 latent nothing")
+    inpaint_full_res: bool = True
+    inpaint_full_res_padding: int = Field(0, ge=0, le=1024)
+    inpainting_mask_invert: int = Field(0, ge=0, le=1)
+    initial_noise_multiplier: float | None = Field(None, ge=0, le=2)
+    include_init_images: bool = False
+
+
+class GenerationResponse(BaseModel):
+    images: list[str] = Field(description="base64 PNGs carrying their infotext")
+    parameters: dict[str, Any]
+    info: str = Field(description="JSON string")
+
+
+class ProgressState(BaseModel):
+    skipped: bool = False
+    interrupted: bool = False
+    stopping_generation: bool = False
+    job: str = ""
+    job_count: int = 0
+    job_timestamp: str = "0"
+    job_no: int = 0
+    sampling_step: int = 0
+    sampling_steps: int = 0
+    queue_waiting: int = 0
+
+
+class ProgressResponse(BaseModel):
+    progress: float
+    eta_relative: float
+    state: ProgressState
+    current_image: str | None = None
+    textinfo: str | None = None
+    current_task: str | None = None
+
+
+class PngInfoRequest(BaseModel):
+    image: str = Field(description="base64 image")
+
+
+class PngInfoResponse(BaseModel):
+    info: str
+    items: dict[str, Any]
+    parameters: dict[str, Any]
+
+
+class SamplerItem(BaseModel):
+    name: str
+    aliases: list[str]
+    options: dict[str, Any]
+
+
+class SchedulerItem(BaseModel):
+    name: str
+    label: str
+    aliases: list[str] | None
+    default_rho: float = -1
+    need_inner_model: bool = False
+
+
+class UpscalerItem(BaseModel):
+    name: str
+    model_name: str | None = None
+    model_path: str | None = None
+    model_url: str | None = None
+    scale: float | None = None
+
+
+class LatentUpscaleModeItem(BaseModel):
+    name: str
+
+
+class SDModelItem(BaseModel):
+    title: str
+    model_name: str
+    hash: str | None
+    sha256: str | None
+    filename: str
+    config: str | None = None
+
+
+class SDVaeItem(BaseModel):
+    model_name: str
+    filename: str
+
+
+class LoraItem(BaseModel):
+    name: str
+    alias: str
+    path: str
+    metadata: dict[str, Any]
+
+
+class EmbeddingItem(BaseModel):
+    step: int | None = None
+    sd_checkpoint: str | None = None
+    sd_checkpoint_name: str | None = None
+    shape: int
+    vectors: int
+
+
+class EmbeddingsResponse(BaseModel):
+    loaded: dict[str, EmbeddingItem]
+    skipped: dict[str, EmbeddingItem | str]
+
+
+class PromptStyleItem(BaseModel):
+    name: str
+    prompt: str | None
+    negative_prompt: str | None
+
+
+class ScriptsList(BaseModel):
+    txt2img: list[str]
+    img2img: list[str]
+
+
+class ScriptArg(BaseModel):
+    label: str | None = None
+    value: Any = None
+    minimum: Any = None
+    maximum: Any = None
+    step: Any = None
+    choices: list[str] | None = None
+
+
+class ScriptInfo(BaseModel):
+    name: str
+    is_alwayson: bool
+    is_img2img: bool
+    args: list[ScriptArg]
+
+
+class ExtensionItem(BaseModel):
+    name: str
+    remote: str = ""
+    branch: str = ""
+    commit_hash: str = ""
+    version: str = ""
+    commit_date: int = 0
+    enabled: bool
+
+
+class MemoryResponse(BaseModel):
+    ram: dict[str, Any]
+    cuda: dict[str, Any]
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    detail: str
+    errors: list[dict[str, Any]] | None = None
