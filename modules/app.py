@@ -1,30 +1,61 @@
-"""Application start: build the state, load the default checkpoint, report ready."""
+"""Application start: build the state, queue the default checkpoint's load, serve the web UI meanwhile."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 from .app_state import create_state, default_checkpoint
 from .cmd_args import LaunchOptions
+from .extensions import load_extensions
 from .models.safetensors_file import ModelFileError
 
 log = logging.getLogger("sdwebui")
 
 
+def start_model_load(state, after: threading.Event | None = None, wait_s: float = 30):
+    """Queue the default checkpoint's load as the queue's first job (generation jobs wait behind it).
+
+    With ``after``, the load waits (up to ``wait_s``) until that event is set, e.g. until the server listens, so
+    that the page is served first on a machine with few cores.
+    """
+    started = time.perf_counter()
+    options = state.options
+
+    def load(progress):
+        if after is not None:
+            after.wait(wait_s)
+        info = default_checkpoint(state)
+        if info is None:
+            raise ModelFileError(f"no checkpoint found in {options.ckpt_dir}: put a .safetensors checkpoint there "
+                                 "(or pass --ckpt)")
+        progress.textinfo = f"loading {info.filename}"
+        wanted = state.settings.current.sd_model_checkpoint
+        if wanted and not options.ckpt and state.checkpoints.find(wanted) is not None:
+            info = state.checkpoints.find(wanted)  # the checkpoint chosen last time
+        model = state.models.load(info)
+        if state.settings.current.sd_vae != state.models.vae_choice:
+            try:
+                state.models.set_vae(state.settings.current.sd_vae)
+            except ModelFileError as e:
+                log.warning("%s; using the checkpoint's own VAE", e)
+        log.info("ready: %s (%s) in %.1f s", info.filename, model.spec.summary, time.perf_counter() - started)
+        return model
+
+    return state.queue.submit(load, "load model")
+
+
 def main(options: LaunchOptions) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    started = time.perf_counter()
+    from webui.server import check_startup, serve
+
+    problem = check_startup(options.server)
+    if problem:
+        log.error("%s", problem)
+        return 2
     state = create_state(options)
+    load_extensions(state)
     log.info("device %s, weights %s, VAE %s, offload %s", state.plan.device, state.plan.dtype, state.plan.vae_dtype,
              state.plan.offload)
-    info = default_checkpoint(state)
-    if info is None:
-        log.error("no checkpoint found in %s: put a .safetensors checkpoint there (or pass --ckpt)", options.ckpt_dir)
-        return 1
-    try:
-        model = state.models.load(info)
-    except ModelFileError as e:
-        log.error("%s", e)
-        return 1
-    log.info("ready: %s (%s) in %.1f s", info.filename, model.spec.summary, time.perf_counter() - started)
-    return 0
+    listening = threading.Event()
+    return serve(state, start_model_load(state, after=listening), on_started=listening.set)

@@ -29,6 +29,7 @@ class AppState:
     hooks: HookRegistry
     networks: ActiveNetworks
     queue: JobQueue
+    extensions: object = None  # modules.extensions.Extensions, set by modules.extensions.load_extensions
 
     @property
     def styles_path(self) -> Path:

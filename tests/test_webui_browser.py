@@ -1,0 +1,324 @@
+"""The web UI in a real browser (Debian chromium driven by playwright) against the real server over tiny models."""
+from __future__ import annotations
+
+import json
+import re
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from modules.system_deps import install_chromium
+from tests.webui_server import EMBEDDING_NAME, LORA_NAME, VAE_NAME, running_server
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"]
+VIEWPORT = {"width": 1280, "height": 800}
+TIMEOUT_MS = 60_000
+
+
+@pytest.fixture(scope="module")
+def chromium_path() -> Path:
+    check = install_chromium()
+    if check.path is None:
+        pytest.skip(f"no browser for the web UI tests: {check.reason}")
+    return check.path
+
+
+@pytest.fixture(scope="module")
+def browser(chromium_path):
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(chromium_path), args=CHROMIUM_FLAGS, headless=True)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    with running_server(tmp_path_factory.mktemp("webui")) as s:
+        yield s
+
+
+@pytest.fixture
+def page(browser, server):
+    """A fresh page on the UI; fails the test on any browser console error or page exception."""
+    context = browser.new_context(viewport=VIEWPORT)
+    pg = context.new_page()
+    pg.set_default_timeout(TIMEOUT_MS)
+    errors = []
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.on("pageerror", lambda e: errors.append(str(e)))
+    pg.goto(server.url + "/")
+    pg.wait_for_selector("#txt2img_generate")
+    pg.wait_for_function("() => !document.querySelector('#sd_status .sd-loading')")
+    yield pg
+    context.close()
+    assert errors == [], f"browser console errors: {errors}"
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+
+def set_number(page, elem_id: str, value) -> None:
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+
+
+def choose(page, elem_id: str, option: str) -> None:
+    page.click(f"#{elem_id} input")
+    page.get_by_role("option", name=option, exact=True).click()
+    page.wait_for_function(f"() => document.querySelector('#{elem_id} input').value === {json.dumps(option)}")
+
+
+def small_job(page, kind: str = "txt2img", steps: int = 3) -> None:
+    for name, value in (("width", 64), ("height", 64), ("steps", steps)):
+        set_number(page, f"{kind}_{name}", value)
+
+
+def generate(page, kind: str = "txt2img", keys: str | None = None) -> str:
+    """Click Generate (or press ``keys`` in the prompt box), wait for the job's infotext (or error); its text."""
+    page.evaluate(f"() => document.querySelectorAll('#{kind}_info .sd-infotext, #{kind}_info .sd-error')"
+                  ".forEach(e => e.remove())")
+    if keys:
+        page.press(f"#{kind}_prompt textarea", keys)
+    else:
+        page.click(f"#{kind}_generate")
+    page.wait_for_selector(f"#{kind}_info .sd-infotext, #{kind}_info .sd-error")
+    return page.inner_text(f"#{kind}_info")
+
+
+def prompt_value(page, kind: str = "txt2img") -> str:
+    return page.input_value(f"#{kind}_prompt textarea")
+
+
+def test_txt2img_prompt_sampler_generate_shows_image_and_infotext(page):
+    page.fill("#txt2img_prompt textarea", "a red circle <b>bold</b>")
+    page.wait_for_function("() => document.querySelector('#txt2img_prompt_tokens').innerText.trim() !== '0/75'")
+    small_job(page)
+    choose(page, "txt2img_sampling", "DDIM")
+    info = generate(page)
+    assert "Sampler: DDIM" in info and "Steps: 3" in info and "Size: 64x64" in info
+    assert "<b>bold</b>" in info  # shown as text, not as markup
+    assert page.locator("#txt2img_info b").count() == 0
+    src = page.locator("#txt2img_gallery img").first.get_attribute("src")
+    assert src and ".png" in src.lower()
+    assert page.get_attribute("#txt2img_generate", "title")  # tooltips are set
+    shot(page, "txt2img")
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("() => document.documentElement.scrollWidth") <= 390  # no sideways scrolling on a phone
+    shot(page, "txt2img-phone")
+
+
+def test_hires_fix_panel_from_the_script_controls(page):
+    page.fill("#txt2img_prompt textarea", "hires")
+    small_job(page, steps=2)
+    page.get_by_text("Hires fix", exact=True).click()
+    page.click("#txt2img_script_hires_fix_enable input")
+    set_number(page, "txt2img_script_hires_fix_hr_second_pass_steps", 2)
+    info = generate(page)
+    assert "Hires upscale: 2" in info and "Hires steps: 2" in info, info
+    page.wait_for_function("() => document.querySelector('#txt2img_gallery img').naturalWidth > 0")
+    size = page.evaluate("() => { const i = document.querySelector('#txt2img_gallery img');"
+                         " return [i.naturalWidth, i.naturalHeight]; }")
+    assert size == [128, 128]  # the 64² first pass upscaled ×2
+
+
+def test_second_user_waits_in_queue_and_interrupt_stops_only_the_own_job(page, browser, server):
+    page.fill("#txt2img_prompt textarea", "long job")
+    small_job(page, steps=40)
+    set_number(page, "txt2img_batch_count", 100)
+    page.click("#txt2img_generate")
+    page.wait_for_function("() => /Step \\d+\\/40/.test(document.querySelector('#txt2img_progress').innerText)")
+    other_context = browser.new_context(viewport=VIEWPORT)
+    other = other_context.new_page()
+    other.set_default_timeout(TIMEOUT_MS)
+    other.goto(server.url + "/")
+    other.fill("#txt2img_prompt textarea", "second user")
+    small_job(other)
+    other.click("#txt2img_generate")
+    other.wait_for_function("() => document.querySelector('#txt2img_progress').innerText.includes('Waiting in queue')")
+    shot(page, "txt2img-progress")
+    page.click("#txt2img_interrupt")
+    page.wait_for_function("() => document.querySelector('#txt2img_info').innerText.includes('Interrupted')")
+    assert page.inner_text("#txt2img_progress").strip() == ""
+    other.wait_for_selector("#txt2img_info .sd-infotext")
+    assert "Interrupted" not in other.inner_text("#txt2img_info")  # the other user's job ran to its end
+    assert "second user" in other.inner_text("#txt2img_info")
+    other_context.close()
+
+
+def stored_setting(server, name: str, value, timeout: float = 20) -> bool:
+    """Whether config.json holds ``value`` for ``name`` within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if json.loads((server.data_dir / "config.json").read_text()).get(name) == value:
+                return True
+        except (OSError, ValueError):
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def test_switch_checkpoint_and_vae(page, server):
+    choose(page, "setting_sd_model_checkpoint", "tiny-beta.safetensors")
+    choose(page, "setting_sd_vae", VAE_NAME)
+    assert stored_setting(server, "sd_model_checkpoint", "tiny-beta.safetensors")
+    assert stored_setting(server, "sd_vae", VAE_NAME)
+    page.fill("#txt2img_prompt textarea", "a square")
+    small_job(page)
+    info = generate(page)
+    assert "Model: tiny-beta" in info
+    assert f"VAE: {Path(VAE_NAME).stem}" in info
+    choose(page, "setting_sd_vae", "Automatic")
+    choose(page, "setting_sd_model_checkpoint", "tiny-alpha.safetensors")
+    assert stored_setting(server, "sd_model_checkpoint", "tiny-alpha.safetensors")
+
+
+def test_lora_and_embedding_cards_insert_into_the_prompt_and_generate(page):
+    page.fill("#txt2img_prompt textarea", "a cat")
+    page.click("#txt2img_extra_networks")
+    page.get_by_role("tab", name="LoRA").first.click()
+    page.click(f"#txt2img_en_lora .sd-card[data-name='{LORA_NAME}']")
+    page.wait_for_function(
+        f"() => document.querySelector('#txt2img_prompt textarea').value.includes('<lora:{LORA_NAME}:1>')")
+    page.get_by_role("tab", name="Textual Inversion").first.click()
+    page.click(f"#txt2img_en_textual .sd-card[data-name='{EMBEDDING_NAME}']")
+    page.wait_for_function(
+        f"() => document.querySelector('#txt2img_prompt textarea').value.endsWith('{EMBEDDING_NAME}')")
+    assert prompt_value(page) == f"a cat <lora:{LORA_NAME}:1>, {EMBEDDING_NAME}"
+    shot(page, "extra-networks")
+    small_job(page)
+    info = generate(page, keys="Control+Enter")
+    assert "Lora hashes" in info and LORA_NAME in info
+
+
+def test_img2img_with_uploaded_image(page, tmp_path):
+    source = tmp_path / "input.png"
+    Image.new("RGB", (64, 64), (200, 30, 30)).save(source)
+    page.get_by_role("tab", name="img2img").first.click()
+    assert "upload an image" in generate(page, "img2img")  # the error is shown; the UI stays usable
+    page.set_input_files("#img2img_image input[type=file]", str(source))
+    page.wait_for_selector("#img2img_image img")
+    page.fill("#img2img_prompt textarea", "a red square")
+    small_job(page, "img2img")
+    info = generate(page, "img2img")
+    assert "Denoising strength: 0.75" in info and "Size: 64x64" in info
+    shot(page, "img2img")
+
+
+def test_inpaint_with_uploaded_mask(page, tmp_path):
+    source, mask = tmp_path / "image.png", tmp_path / "mask.png"
+    Image.new("RGB", (64, 64), (20, 90, 200)).save(source)
+    m = Image.new("L", (64, 64), 0)
+    m.paste(255, (16, 16, 48, 48))
+    m.save(mask)
+    page.get_by_role("tab", name="img2img").first.click()
+    page.get_by_role("tab", name="Inpaint upload").click()
+    page.set_input_files("#img2img_upload_image input[type=file]", str(source))
+    page.set_input_files("#img2img_upload_mask input[type=file]", str(mask))
+    page.wait_for_selector("#img2img_upload_mask img")
+    page.wait_for_selector("#img2img_mask_blur", state="visible")
+    page.fill("#img2img_prompt textarea", "a hole")
+    small_job(page, "img2img")
+    info = generate(page, "img2img")
+    assert "Mask blur: 4" in info, info
+    shot(page, "inpaint-upload")
+
+
+def test_png_info_send_to_txt2img_fills_fields(page, tmp_path):
+    from modules.image_io import save_image
+
+    text = ("a lighthouse at dusk\nNegative prompt: fog\nSteps: 7, Sampler: Euler, Schedule type: Karras, "
+            "CFG scale: 4.5, Seed: 4242, Size: 64x64, Model: tiny-alpha")
+    path = save_image(Image.new("RGB", (64, 64)), tmp_path / "made.png", infotext=text)
+    page.get_by_role("tab", name="PNG Info").click()
+    page.set_input_files("#pnginfo_image input[type=file]", str(path))
+    page.wait_for_function("() => document.querySelector('#pnginfo_html').innerText.includes('lighthouse')")
+    shot(page, "pnginfo")
+    page.click("#pnginfo_send_txt2img")
+    page.wait_for_function("() => document.querySelector('#txt2img_prompt textarea').value === 'a lighthouse at dusk'")
+    assert page.input_value("#txt2img_neg_prompt textarea") == "fog"
+    assert page.input_value("#txt2img_seed input") == "4242"
+    assert page.input_value("#txt2img_steps input[type=number]") == "7"
+    assert page.input_value("#txt2img_sampling input") == "Euler"
+    assert page.input_value("#txt2img_scheduler input") == "Karras"
+    assert page.locator("#txt2img_generate").is_visible()  # the txt2img tab is shown
+
+
+def test_setting_survives_reload(page, server):
+    page.get_by_role("tab", name="Settings").click()
+    shot(page, "settings")
+    set_number(page, "setting_page_show_progress_every_n_steps", 3)
+    page.click("#settings_submit")
+    page.wait_for_function("() => document.querySelector('#settings_result').innerText.includes('changed')")
+    assert json.loads((server.data_dir / "config.json").read_text())["show_progress_every_n_steps"] == 3
+    page.reload()
+    page.get_by_role("tab", name="Settings").click()
+    page.wait_for_function(
+        "() => document.querySelector('#setting_page_show_progress_every_n_steps input').value === '3'")
+    page.fill("#settings_search input, #settings_search textarea", "preview")
+    page.wait_for_selector("#setting_page_samples_format", state="hidden")
+    assert page.locator("#setting_page_show_progress_every_n_steps").is_visible()
+    page.click("#settings_defaults")
+    page.wait_for_function(
+        "() => document.querySelector('#setting_page_show_progress_every_n_steps input').value === '1'")
+
+
+def test_cross_origin_post_is_rejected(server):
+    def post(origin: str | None) -> int:
+        headers = {"Content-Type": "application/json"}
+        if origin:
+            headers["Origin"] = origin
+        request = urllib.request.Request(server.url + "/gradio_api/queue/join", data=b"{}", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    assert post("http://evil.example") == 403
+    assert post(server.url) != 403
+
+
+@pytest.mark.parametrize("flags, message", [
+    (("--listen",), "refusing to start"),
+    (("--share", "--gradio-auth", "u:p"), "--share needs internet access"),
+])
+def test_exposed_server_without_credentials_or_internet_refuses_to_start(tmp_path, flags, message):
+    with pytest.raises(RuntimeError, match="exited with status 2") as failure:
+        with running_server(tmp_path, flags, timeout=60):
+            pass
+    assert message in str(failure.value)
+
+
+def test_gradio_auth_login_page_rejects_wrong_credentials(browser, tmp_path):
+    with running_server(tmp_path, ("--gradio-auth", "alice:wonder")) as s:
+        context = browser.new_context(viewport=VIEWPORT)
+        pg = context.new_page()
+        pg.set_default_timeout(TIMEOUT_MS)
+        pg.goto(s.url + "/")
+        pg.wait_for_selector("input[type=password]")
+        assert pg.locator("#txt2img_generate").count() == 0
+
+        def login(password: str) -> None:
+            pg.locator("input[type=text], input:not([type])").first.fill("alice")
+            pg.fill("input[type=password]", password)
+            pg.get_by_role("button", name=re.compile("login", re.I)).click()
+
+        login("wrong")
+        pg.wait_for_selector("text=/incorrect|invalid|wrong/i")
+        shot(pg, "login-failed")
+        assert pg.locator("#txt2img_generate").count() == 0
+        login("wonder")
+        pg.wait_for_selector("#txt2img_generate")
+        context.close()

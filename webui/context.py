@@ -1,0 +1,69 @@
+"""What every tab of the UI shares: the application state, per-browser-session jobs and results, tooltips."""
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+
+@dataclass
+class SessionOutput:
+    """The last job of one kind in one browser session, and what it produced."""
+
+    job: object = None
+    images: list = field(default_factory=list)
+    infotexts: list[str] = field(default_factory=list)
+    paths: list = field(default_factory=list)
+    seeds: list[int] = field(default_factory=list)
+    subseeds: list[int] = field(default_factory=list)
+    selected: int = 0
+
+
+class SessionOutputs:
+    """Per (browser session, tab kind) outputs, so that Interrupt and send-to act on the user's own job only."""
+
+    def __init__(self, limit: int = 256):
+        self._items: dict[tuple[str, str], SessionOutput] = {}
+        self._lock = threading.Lock()
+        self._limit = limit
+
+    def get(self, session: str | None, kind: str) -> SessionOutput:
+        key = (session or "", kind)
+        with self._lock:
+            if key not in self._items:
+                if len(self._items) >= self._limit:
+                    self._items.pop(next(iter(self._items)))
+                self._items[key] = SessionOutput()
+            return self._items[key]
+
+
+@dataclass
+class UiContext:
+    """Built once per app; passed to every tab builder."""
+
+    state: object
+    startup_job: object = None
+    outputs: SessionOutputs = field(default_factory=SessionOutputs)
+    tooltips: dict[str, str] = field(default_factory=dict)
+    tabs: dict = field(default_factory=dict)  # kind -> GenerationTab, filled while building
+    top_bar: object = None  # webui.top_bar.TopBar
+
+    def tip(self, elem_id: str, text: str) -> str:
+        """Register a tooltip for the element id and return the id (used inline as ``elem_id=ctx.tip(...)``)."""
+        self.tooltips[elem_id] = text
+        return elem_id
+
+    def infotext_fields(self, text: str) -> dict:
+        """UI field values from an infotext (empty for no text), adjusted by the extensions' infotext_pasted."""
+        from webui.params_fields import fields_from_infotext
+
+        if not text:
+            return {}
+        fields = fields_from_infotext(text)
+        if self.state.extensions is not None:
+            self.state.extensions.infotext_pasted(text, fields)
+        return fields
+
+    @property
+    def model_ready(self) -> bool:
+        job = self.startup_job
+        return job is None or job.done

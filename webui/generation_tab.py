@@ -1,0 +1,374 @@
+"""The txt2img and img2img tabs: prompts, generation controls, scripts, output panel, and the generate loop."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import gradio as gr
+
+from modules.image_io import save_image
+from modules.processing.outputs import zip_images
+from modules.processing.params import MAX_BATCH_SIZE, MAX_SIZE, MAX_STEPS, MIN_SIZE
+from modules.prompts.styles import PromptStyle, apply_styles, load_styles, save_style
+from modules.sampling.registry import sampler_names, schedule_labels
+from webui import extra_networks, img2img_inputs, script_controls
+from webui.context import UiContext
+from webui.params_fields import (INPAINT_AREAS, MASK_MODES, MASKED_CONTENT, RESIZE_MODES, build_params,
+                                 looks_like_infotext)
+from webui.progress_html import info_html, progress_html
+
+POLL_SECONDS = 0.25
+
+
+@dataclass
+class GenerationTab:
+    kind: str
+    fields: dict = field(default_factory=dict)  # params field name -> component
+    prompt: object = None
+    negative_prompt: object = None
+    gallery: object = None
+    info: object = None
+    inputs: object = None  # img2img_inputs.Img2ImgInputs for img2img
+    send_buttons: dict = field(default_factory=dict)
+
+
+def _token_counter(ctx: UiContext, text: str) -> str:
+    model = ctx.state.models.current
+    if model is None:
+        return '<span class="sd-tokens">…/75</span>'
+    from modules.text_encoding import PromptEncoder
+
+    settings = ctx.state.settings.current
+    try:
+        used, capacity = PromptEncoder(model, settings.CLIP_stop_at_last_layers, settings.emphasis,
+                                       ctx.state.networks.embeddings()).token_count(text or "")
+    except Exception:  # noqa: BLE001 - a counter must never break typing
+        return '<span class="sd-tokens">?/75</span>'
+    return f'<span class="sd-tokens">{used}/{capacity}</span>'
+
+
+def _prompt_box(ctx: UiContext, kind: str, name: str, label: str, tip: str, lines: int):
+    with gr.Column(scale=6, elem_classes="sd-prompt-col"):
+        box = gr.Textbox(label=label, lines=lines, max_lines=20, elem_id=ctx.tip(f"{kind}_{name}", tip),
+                         placeholder=f"{label} (Ctrl+Enter to generate)")
+        counter = gr.HTML('<span class="sd-tokens">0/75</span>', elem_id=f"{kind}_{name}_tokens",
+                          elem_classes="sd-token-counter")
+    box.change(lambda text: _token_counter(ctx, text), box, counter, trigger_mode="always_last",
+               show_progress="hidden", queue=False)
+    return box
+
+
+def _styles_row(ctx: UiContext, tab: GenerationTab):
+    kind = tab.kind
+    names = lambda: sorted(load_styles(ctx.state.styles_path))  # noqa: E731
+    with gr.Row(elem_classes="sd-styles"):
+        styles = gr.Dropdown(names(), multiselect=True, label="Styles", scale=4,
+                             elem_id=ctx.tip(f"{kind}_styles", "Styles added to the prompts of every job"))
+        apply = gr.Button("📋", scale=0, min_width=40,
+                          elem_id=ctx.tip(f"{kind}_style_apply", "Apply the selected styles to the prompts now"))
+        name = gr.Textbox(label="New style name", scale=2,
+                          elem_id=ctx.tip(f"{kind}_style_name", "Name under which to save the current prompts"))
+        save = gr.Button("💾", scale=0, min_width=40,
+                         elem_id=ctx.tip(f"{kind}_style_save", "Save the current prompts as a style"))
+
+    def do_apply(selected, prompt, negative):
+        chosen = [s for n, s in load_styles(ctx.state.styles_path).items() if n in (selected or [])]
+        prompt, negative = apply_styles(prompt, negative, chosen)
+        return prompt, negative, []
+
+    def do_save(style_name, prompt, negative):
+        style_name = (style_name or "").strip()
+        if not style_name:
+            raise gr.Error("Type a name for the style first")
+        save_style(ctx.state.styles_path, PromptStyle(style_name, prompt, negative))
+        gr.Info(f"Saved style {style_name!r}")
+        return gr.update(choices=names()), ""
+
+    apply.click(do_apply, [styles, tab.prompt, tab.negative_prompt], [tab.prompt, tab.negative_prompt, styles])
+    save.click(do_save, [name, tab.prompt, tab.negative_prompt], [styles, name])
+    tab.fields["styles"] = styles
+
+
+def _seed_controls(ctx: UiContext, tab: GenerationTab):
+    kind, f = tab.kind, tab.fields
+    with gr.Row():
+        f["seed"] = gr.Number(-1, label="Seed", precision=0, scale=4,
+                              elem_id=ctx.tip(f"{kind}_seed", "-1 picks a random seed; the same seed and settings "
+                                              "give the same image"))
+        random_seed = gr.Button("🎲", scale=0, min_width=40, elem_id=ctx.tip(f"{kind}_random_seed",
+                                                                            "Random seed (-1)"))
+        reuse_seed = gr.Button("♻️", scale=0, min_width=40, elem_id=ctx.tip(f"{kind}_reuse_seed",
+                                                                            "Reuse the seed of the selected image"))
+        extra = gr.Checkbox(False, label="Extra", scale=1, elem_id=ctx.tip(f"{kind}_seed_extra",
+                                                                        "Variation seed and seed resize options"))
+    with gr.Group(visible=False) as extra_group:
+        with gr.Row():
+            f["subseed"] = gr.Number(-1, label="Variation seed", precision=0,
+                                     elem_id=ctx.tip(f"{kind}_subseed", "Seed of the variation mixed in"))
+            f["subseed_strength"] = gr.Slider(0, 1, 0, step=0.01, label="Variation strength",
+                                              elem_id=ctx.tip(f"{kind}_subseed_strength",
+                                                              "0: the main seed only; 1: the variation seed only"))
+        with gr.Row():
+            f["seed_resize_from_w"] = gr.Slider(0, 2048, 0, step=8, label="Resize seed from width",
+                                                elem_id=ctx.tip(f"{kind}_seed_resize_w", "Make the noise as if "
+                                                                "the image were this wide (0: off)"))
+            f["seed_resize_from_h"] = gr.Slider(0, 2048, 0, step=8, label="Resize seed from height",
+                                                elem_id=ctx.tip(f"{kind}_seed_resize_h", "Make the noise as if "
+                                                                "the image were this tall (0: off)"))
+    extra.change(lambda on: gr.update(visible=on), extra, extra_group, queue=False, show_progress="hidden")
+    random_seed.click(lambda: -1, None, f["seed"], queue=False, show_progress="hidden")
+
+    def last_seed(request: gr.Request):
+        out = ctx.outputs.get(request.session_hash, kind)
+        return out.seeds[min(out.selected, len(out.seeds) - 1)] if out.seeds else -1
+
+    reuse_seed.click(last_seed, None, f["seed"], show_progress="hidden")
+
+
+def _sampling_controls(ctx: UiContext, tab: GenerationTab):
+    kind, f = tab.kind, tab.fields
+    with gr.Row():
+        f["sampler_name"] = gr.Dropdown(sampler_names(), value="Euler a" if "Euler a" in sampler_names()
+                                        else sampler_names()[0], label="Sampling method",
+                                        elem_id=ctx.tip(f"{kind}_sampling", "Which sampler solves the diffusion"))
+        f["scheduler"] = gr.Dropdown(schedule_labels(), value="Automatic", label="Schedule type",
+                                     elem_id=ctx.tip(f"{kind}_scheduler", "How noise levels are spaced over steps"))
+        f["steps"] = gr.Slider(1, min(MAX_STEPS, 150), 20, step=1, label="Sampling steps",
+                               elem_id=ctx.tip(f"{kind}_steps", "More steps: more detail, slower"))
+    with gr.Row():
+        with gr.Column(scale=4):
+            f["width"] = gr.Slider(MIN_SIZE, min(MAX_SIZE, 2048), 512, step=8, label="Width",
+                                   elem_id=ctx.tip(f"{kind}_width", "Image width in pixels (multiple of 8)"))
+            f["height"] = gr.Slider(MIN_SIZE, min(MAX_SIZE, 2048), 512, step=8, label="Height",
+                                    elem_id=ctx.tip(f"{kind}_height", "Image height in pixels (multiple of 8)"))
+        swap = gr.Button("⇅", scale=0, min_width=40, elem_id=ctx.tip(f"{kind}_swap", "Swap width and height"))
+        with gr.Column(scale=2):
+            f["n_iter"] = gr.Slider(1, 100, 1, step=1, label="Batch count",
+                                    elem_id=ctx.tip(f"{kind}_batch_count", "How many batches, one after another"))
+            f["batch_size"] = gr.Slider(1, min(MAX_BATCH_SIZE, 8), 1, step=1, label="Batch size",
+                                        elem_id=ctx.tip(f"{kind}_batch_size", "Images made at once per batch"))
+    swap.click(lambda w, h: (h, w), [f["width"], f["height"]], [f["width"], f["height"]], queue=False,
+               show_progress="hidden")
+    f["cfg_scale"] = gr.Slider(1, 30, 7, step=0.5, label="CFG Scale",
+                               elem_id=ctx.tip(f"{kind}_cfg_scale", "How strongly the image follows the prompt"))
+
+
+def _img2img_controls(ctx: UiContext, tab: GenerationTab):
+    kind, f = tab.kind, tab.fields
+    f["resize_mode"] = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode",
+                                elem_id=ctx.tip("img2img_resize_mode", "How the input is fitted to the new size"))
+    with gr.Row():
+        tab.inputs.resize_by = gr.Slider(0.05, 4, 1, step=0.05, label="Resize by",
+                                  elem_id=ctx.tip("img2img_scale", "Scale of the input image (with Resize by scale)"))
+        tab.inputs.use_scale = gr.Checkbox(False, label="Resize by scale",
+                                    elem_id=ctx.tip("img2img_use_scale", "Use the scale instead of width/height"))
+    f["denoising_strength"] = gr.Slider(0, 1, 0.75, step=0.01, label="Denoising strength",
+                                        elem_id=ctx.tip("img2img_denoising_strength",
+                                                        "0: keep the input; 1: ignore it"))
+    with gr.Group(visible=False, elem_id="img2img_inpaint_controls") as inpaint_group:
+        with gr.Row():
+            f["mask_blur"] = gr.Slider(0, 64, 4, step=1, label="Mask blur",
+                                       elem_id=ctx.tip("img2img_mask_blur", "Soften the mask edge (pixels)"))
+            f["inpainting_mask_invert"] = gr.Radio(list(MASK_MODES), value=MASK_MODES[0], label="Mask mode",
+                                                   elem_id=ctx.tip("img2img_mask_mode",
+                                                                   "Repaint the masked or the unmasked part"))
+        f["inpainting_fill"] = gr.Radio(list(MASKED_CONTENT), value=MASKED_CONTENT[1], label="Masked content",
+                                        elem_id=ctx.tip("img2img_inpainting_fill",
+                                                        "What the masked area starts from"))
+        with gr.Row():
+            f["inpaint_full_res"] = gr.Radio(list(INPAINT_AREAS), value=INPAINT_AREAS[0], label="Inpaint area",
+                                             elem_id=ctx.tip("img2img_inpaint_full_res", "Only masked: render the "
+                                                             "masked region at full resolution, then paste it"))
+            f["inpaint_full_res_padding"] = gr.Slider(0, 256, 32, step=4, label="Only masked padding, pixels",
+                                                      elem_id=ctx.tip("img2img_padding",
+                                                                      "Context around the mask for Only masked"))
+    tab.inpaint_group = inpaint_group
+
+
+def _output_panel(ctx: UiContext, tab: GenerationTab):
+    kind = tab.kind
+    tab.progress = gr.HTML("", elem_id=f"{kind}_progress", elem_classes="sd-progress-box")
+    tab.preview = gr.Image(label="Live preview", visible=False, interactive=False, elem_id=f"{kind}_preview",
+                           height=256, format="png")
+    tab.gallery = gr.Gallery(label="Output", format="png", columns=4, height=420, object_fit="contain",
+                             elem_id=f"{kind}_gallery", interactive=False)
+    with gr.Row(elem_classes="sd-output-buttons"):
+        folder = gr.Button("📂", min_width=40, elem_id=ctx.tip(f"{kind}_open_folder",
+                                                              "Open the images folder (on this computer only)"),
+                           interactive=ctx.state.options.server.host in ("127.0.0.1", "localhost"))
+        save = gr.Button("💾 Save", min_width=40, elem_id=ctx.tip(f"{kind}_save",
+                                                                  "Save the selected image to outputs/saved"))
+        zip_button = gr.Button("🗜️ Zip", min_width=40, elem_id=ctx.tip(f"{kind}_zip",
+                                                                     "Download all images of the last job as a zip"))
+        for target in ("img2img", "inpaint"):
+            tab.send_buttons[target] = gr.Button(f"→ {target}", min_width=40,
+                                                 elem_id=ctx.tip(f"{kind}_send_to_{target}",
+                                                                 f"Send the selected image and its parameters to "
+                                                                 f"{target}"))
+    tab.download = gr.File(label="Zip", visible=False, elem_id=f"{kind}_zip_file")
+    tab.info = gr.HTML("", elem_id=f"{kind}_info", elem_classes="sd-info")
+
+    def select(evt: gr.SelectData, request: gr.Request):
+        out = ctx.outputs.get(request.session_hash, kind)
+        out.selected = evt.index if isinstance(evt.index, int) else 0
+        text = out.infotexts[out.selected] if out.selected < len(out.infotexts) else ""
+        return info_html(text)
+
+    def do_zip(request: gr.Request):
+        out = ctx.outputs.get(request.session_hash, kind)
+        paths = [p for p in out.paths if p]
+        if not paths:
+            raise gr.Error("Nothing to zip: the last job saved no files (enable saving images in Settings)")
+        target = ctx.state.options.outputs_dir / "zips" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.zip"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(zip_images(paths))
+        return gr.update(value=str(target), visible=True)
+
+    def do_save(request: gr.Request):
+        out = ctx.outputs.get(request.session_hash, kind)
+        if not out.images:
+            raise gr.Error("No image to save yet")
+        i = min(out.selected, len(out.images) - 1)
+        folder_path = ctx.state.options.outputs_dir / "saved"
+        path = save_image(out.images[i], folder_path / f"{time.strftime('%Y%m%d-%H%M%S')}-{out.seeds[i]}.png",
+                          infotext=out.infotexts[i])
+        gr.Info(f"Saved {Path(path).name}")
+
+    def open_folder():
+        import subprocess
+        import sys
+
+        folder_path = ctx.state.options.outputs_dir / f"{kind}-images"
+        folder_path.mkdir(parents=True, exist_ok=True)
+        opener = {"darwin": "open", "win32": "explorer"}.get(sys.platform, "xdg-open")
+        try:
+            subprocess.Popen([opener, str(folder_path)])
+        except OSError:
+            gr.Warning(f"Cannot open a file browser here; the images are in {folder_path}")
+
+    tab.gallery.select(select, None, tab.info, show_progress="hidden")
+    zip_button.click(do_zip, None, tab.download)
+    save.click(do_save, None, None)
+    folder.click(open_folder, None, None)
+
+
+def _run(ctx: UiContext, tab: GenerationTab, data: dict, request: gr.Request, script_ui):
+    """Submit the job and stream progress, preview and finished images until it ends."""
+    kind, f = tab.kind, tab.fields
+    values = {name: data[comp] for name, comp in f.items()}
+    out = ctx.outputs.get(request.session_hash, kind)
+    try:
+        extra = tab.inputs.job_inputs(data) if tab.inputs else {}
+        params = build_params(kind, values, extra)
+        job = script_controls.submit(ctx.state, params, script_ui, data)
+    except ValueError as e:
+        yield gr.skip(), info_html("", error=str(e)), "", gr.update(visible=False)
+        return
+    out.job = job
+    preview_step = -1
+    shown = 0
+    while not job.done:
+        progress = job.progress
+        preview = gr.skip()
+        if progress.preview is not None and progress.preview_step != preview_step:
+            preview_step = progress.preview_step
+            preview = gr.update(value=progress.preview, visible=True)
+        images = gr.skip()
+        if len(progress.images) != shown:
+            shown = len(progress.images)
+            images = list(progress.images)
+        yield images, gr.skip(), progress_html(progress, ctx.state.queue.position(job)), preview
+        time.sleep(POLL_SECONDS)
+    try:
+        result = job.wait()
+    except Exception as e:  # noqa: BLE001 - the error is the user's to read; the UI goes on
+        kept = list(job.progress.images)
+        yield kept or gr.skip(), info_html("", error=f"{type(e).__name__}: {e}"), "", gr.update(visible=False)
+        return
+    out.images, out.infotexts, out.paths = list(result.images), list(result.infotexts), list(result.paths)
+    out.seeds, out.subseeds, out.selected = list(result.seeds), list(result.subseeds), 0
+    warnings = list(result.warnings) + (["Interrupted: the images finished so far are kept"]
+                                        if result.interrupted else [])
+    first = result.infotexts[0] if result.infotexts else ""
+    gallery = ([result.grid] if result.grid is not None else []) + list(result.images)
+    if result.grid is not None:
+        out.images.insert(0, result.grid)
+        out.infotexts.insert(0, first)
+        out.seeds.insert(0, out.seeds[0] if out.seeds else -1)
+    yield gallery, info_html(first, warnings), "", gr.update(visible=False)
+
+
+def build_generation_tab(ctx: UiContext, kind: str) -> GenerationTab:
+    """Lay out one generation tab and wire its events; returns its components for cross-tab wiring."""
+    tab = GenerationTab(kind)
+    with gr.Row(elem_classes="sd-prompt-row"):
+        with gr.Column(scale=8):
+            with gr.Row():
+                tab.prompt = _prompt_box(ctx, kind, "prompt", "Prompt", "What to draw; (word:1.2) for emphasis, "
+                                         "<lora:name:1> for a LoRA", 3)
+            with gr.Row():
+                tab.negative_prompt = _prompt_box(ctx, kind, "neg_prompt", "Negative prompt",
+                                                  "What to avoid in the image", 2)
+        with gr.Column(scale=2, min_width=200, elem_classes="sd-actions"):
+            generate = gr.Button("Generate", variant="primary", elem_id=ctx.tip(f"{kind}_generate",
+                                                                                "Start a job (Ctrl+Enter)"))
+            with gr.Row():
+                interrupt = gr.Button("Interrupt", elem_id=ctx.tip(f"{kind}_interrupt",
+                                                                   "Stop your current job; finished images stay"))
+                skip = gr.Button("Skip", elem_id=ctx.tip(f"{kind}_skip", "Stop the current batch, go on with "
+                                                         "the next"))
+            read_params = gr.Button("↙️ Read parameters", elem_id=ctx.tip(
+                f"{kind}_read_params", "Fill the fields from generation parameters pasted into the prompt box, "
+                "or from the last job when it is empty"))
+    tab.fields["prompt"], tab.fields["negative_prompt"] = tab.prompt, tab.negative_prompt
+    _styles_row(ctx, tab)
+    with gr.Accordion("Extra networks", open=False, elem_id=f"{kind}_extra_networks"):
+        extra_networks.build_panel(ctx, kind, tab.prompt)
+    with gr.Row(equal_height=False):
+        with gr.Column(scale=1, elem_id=f"{kind}_settings"):
+            if kind == "img2img":
+                tab.inputs = img2img_inputs.build(ctx)
+            _sampling_controls(ctx, tab)
+            if kind == "img2img":
+                _img2img_controls(ctx, tab)
+                tab.inputs.wire_mode(tab.inpaint_group)
+            _seed_controls(ctx, tab)
+            script_ui = script_controls.build(ctx, kind)
+        with gr.Column(scale=1, elem_id=f"{kind}_results"):
+            _output_panel(ctx, tab)
+
+    inputs = set(tab.fields.values()) | set(script_ui.components) | (tab.inputs.components if tab.inputs else set())
+    outputs = [tab.gallery, tab.info, tab.progress, tab.preview]
+    def generate_images(data: dict, request: gr.Request):
+        yield from _run(ctx, tab, data, request, script_ui)
+
+    generate.click(generate_images, inputs, outputs, concurrency_limit=None, show_progress="hidden")
+
+    def control(action):
+        def act(request: gr.Request):
+            job = ctx.outputs.get(request.session_hash, kind).job
+            if job is not None and not job.done:
+                getattr(job, action)()
+        return act
+
+    interrupt.click(control("interrupt"), None, None, queue=False)
+    skip.click(control("skip"), None, None, queue=False)
+    field_list = list(tab.fields.values())
+
+    def read(prompt, request: gr.Request):
+        out = ctx.outputs.get(request.session_hash, kind)
+        text = prompt if looks_like_infotext(prompt or "") else (out.infotexts[0] if out.infotexts else "")
+        if not text:
+            raise gr.Error("Paste generation parameters into the prompt box first")
+        return fill_updates(tab, ctx.infotext_fields(text))
+
+    read_params.click(read, tab.prompt, field_list)
+    ctx.tabs[kind] = tab
+    return tab
+
+
+def fill_updates(tab: GenerationTab, values: dict) -> list:
+    """One update per field of ``tab`` (in ``tab.fields`` order): the new value where ``values`` has one."""
+    return [gr.update(value=values[name]) if name in values else gr.skip() for name in tab.fields]
+

@@ -1,0 +1,39 @@
+"""The progress bar's HTML from a job's progress and queue position (pure functions)."""
+from __future__ import annotations
+
+import html
+
+
+def format_eta(seconds: float | None) -> str:
+    if seconds is None:
+        return ""
+    seconds = max(0, round(seconds))
+    return f"ETA {seconds // 60}:{seconds % 60:02d}" if seconds >= 60 else f"ETA {seconds}s"
+
+
+def progress_html(progress, queue_position: int) -> str:
+    """A bar with "Step x/y", the ETA and the queue position while waiting."""
+    if queue_position > 0:
+        text = f"Waiting in queue: position {queue_position}"
+        fraction = 0.0
+    elif progress.state == "queued":
+        text, fraction = "Starting…", 0.0
+    else:
+        fraction = progress.fraction
+        parts = [f"Step {progress.step}/{progress.total_steps}" if progress.total_steps else "Preparing…",
+                 format_eta(progress.eta_seconds), html.escape(progress.textinfo or "")]
+        text = " · ".join(p for p in parts if p)
+    return (f'<div class="sd-progress" role="progressbar" aria-valuenow="{fraction * 100:.0f}">'
+            f'<div class="sd-progress-fill" style="width:{fraction * 100:.1f}%"></div>'
+            f'<span class="sd-progress-text">{text}</span></div>')
+
+
+def info_html(infotext: str, warnings: list[str] = (), error: str | None = None) -> str:
+    """Generation info (HTML-escaped infotext), warnings and the error text of a failed job."""
+    out = []
+    if error:
+        out.append(f'<div class="sd-error">{html.escape(error)}</div>')
+    out.extend(f'<div class="sd-warning">{html.escape(w)}</div>' for w in warnings)
+    if infotext:
+        out.append(f'<div class="sd-infotext">{html.escape(infotext)}</div>')
+    return "".join(out)
