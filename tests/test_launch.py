@@ -96,7 +96,7 @@ def test_valid_devices(device):
     (["--ckpt", "no/such/model.safetensors"], "file not found: no/such/model.safetensors"),
     (["--medvram", "--lowvram"], "not allowed with argument"),
     (["--precision", "half"], "invalid choice: 'half'"),
-    (["--port", "7860"], "unrecognized arguments: --port"),
+    (["--no-such-flag", "1"], "unrecognized arguments: --no-such-flag"),
     (["txt2img"], "unknown command 'txt2img' (commands: test)"),
 ])
 def test_bad_command_lines_exit_with_a_message(argv, message, capsys):
