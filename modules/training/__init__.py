@@ -1,0 +1,1 @@
+"""Training code for the bundled demo model and, later, networks (LoRA, embeddings)."""

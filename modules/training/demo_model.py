@@ -1,0 +1,565 @@
+"""Train the bundled demo model (shapes world) on CPU: VAE first, then text encoder + UNet jointly.
+
+    python -m modules.training.demo_model --out runs/demo --seed 0 [--stage vae|base|all|decoder|eval|export]
+
+The same command resumes from the last checkpoint in ``--out``. Outputs (diffusers/transformers folders):
+``<out>/vae`` (latent space rescaled so latents × 0.18215 have unit variance), ``<out>/latest/`` (EMA UNet and text
+encoder at the last checkpoint) and ``<out>/final/`` when the run ends. Logs go to stdout, accuracies of the judge
+on sampled images to ``<out>/eval.jsonl``. ``--stage decoder`` fine-tunes only the VAE decoder (into
+``<out>/vae_decoder``, preferred by eval/export when present); ``--stage export`` writes the fp16 SD1 single file
+(default ``models/Stable-diffusion/demo-shapes.safetensors``); ``--stage eval`` judges the final (else latest) EMA weights at CFG 7 and 1.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from modules.training import shapes_world as world
+from modules.training.judge import accuracy
+
+SCALING_FACTOR = 0.18215
+NUM_TRAIN_TIMESTEPS = 1000
+BETA_START, BETA_END = 0.00085, 0.012
+
+
+@dataclass
+class DemoConfig:
+    """Architecture and schedule of the demo model (defaults = the bundled model)."""
+
+    seed: int = 0
+    resolution: int = 64
+    vae_channels: tuple[int, ...] = (64, 64, 64, 64)
+    vae_layers: int = 1
+    text_hidden: int = 64
+    text_layers: int = 3
+    unet_channels: tuple[int, ...] = (64, 128, 128)
+    unet_attention: tuple[bool, ...] = (True, True, False)
+    unet_layers: int = 1
+    vae_steps: int = 1106
+    vae_batch: int = 12
+    vae_lr: float = 1.5e-3
+    vae_kl: float = 1e-6
+    vae_edge: float = 1.0
+    pool_jitters: int = 3
+    base_steps: int = 2600
+    base_batch: int = 64
+    base_lr: float = 8e-4
+    warmup: int = 200
+    ema_decay: float = 0.999
+    max_loss_weight: float = 20.0
+    drop_prob: float = 0.15
+    empty_prob: float = 0.1
+    checkpoint_minutes: float = 5.0
+    eval_every: int = 750
+    eval_images: int = 100
+    threads: int = 2
+
+
+# --------------------------------------------------------------------------- models
+
+def build_vae(cfg: DemoConfig):
+    """An SD-layout ``AutoencoderKL`` (factor 8, 4 latent channels, 32 norm groups)."""
+    from diffusers import AutoencoderKL
+
+    n = len(cfg.vae_channels)
+    return AutoencoderKL(
+        in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D",) * n, up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=cfg.vae_channels, layers_per_block=cfg.vae_layers, norm_num_groups=32,
+        sample_size=cfg.resolution, scaling_factor=SCALING_FACTOR,
+    )
+
+
+def build_text_encoder(cfg: DemoConfig):
+    """A ``CLIPTextModel`` with the CLIP vocabulary and SD1's 77 positions."""
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    h = cfg.text_hidden
+    config = CLIPTextConfig(
+        vocab_size=49408, max_position_embeddings=77, hidden_size=h, num_attention_heads=max(1, h // 64),
+        intermediate_size=4 * h, num_hidden_layers=cfg.text_layers, hidden_act="quick_gelu", layer_norm_eps=1e-5,
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, projection_dim=h,
+    )
+    return CLIPTextModel(config)
+
+
+def build_unet(cfg: DemoConfig):
+    """An SD1-layout ``UNet2DConditionModel`` (8 heads, conv proj_in, 32 norm groups)."""
+    from diffusers import UNet2DConditionModel
+
+    down = tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in cfg.unet_attention)
+    up = tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(cfg.unet_attention))
+    return UNet2DConditionModel(
+        sample_size=cfg.resolution // 8, in_channels=4, out_channels=4,
+        down_block_types=down, up_block_types=up, mid_block_type="UNetMidBlock2DCrossAttn",
+        block_out_channels=cfg.unet_channels, layers_per_block=cfg.unet_layers, norm_num_groups=32,
+        cross_attention_dim=cfg.text_hidden, attention_head_dim=8, use_linear_projection=False,
+        transformer_layers_per_block=1, flip_sin_to_cos=True, freq_shift=0,
+    )
+
+
+def count_parameters(model) -> int:
+    """Number of parameters of a torch module."""
+    return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- helpers
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def _lr_factor(step: int, total: int, warmup: int) -> float:
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _save_atomic(obj, path: Path) -> None:
+    import torch
+
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
+
+
+def _images_to_tensor(images: list[np.ndarray]):
+    import torch
+
+    return torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+def _tensor_to_images(x) -> list[np.ndarray]:
+    x = ((x.clamp(-1, 1) + 1) * 127.5).round().to(dtype=__import__("torch").uint8)
+    return list(x.permute(0, 2, 3, 1).numpy())
+
+
+def alphas_cumprod():
+    """The SD1 noise schedule: cumulative alphas of scaled-linear betas 0.00085–0.012 over 1000 steps."""
+    import torch
+
+    betas = torch.linspace(BETA_START**0.5, BETA_END**0.5, NUM_TRAIN_TIMESTEPS, dtype=torch.float64) ** 2
+    return torch.cumprod(1 - betas, 0).float()
+
+
+# --------------------------------------------------------------------------- VAE stage
+
+def _edge_loss(pred, target):
+    dx = lambda t: t[..., :, 1:] - t[..., :, :-1]  # noqa: E731
+    dy = lambda t: t[..., 1:, :] - t[..., :-1, :]  # noqa: E731
+    return (dx(pred) - dx(target)).abs().mean() + (dy(pred) - dy(target)).abs().mean()
+
+
+def _reconstruction_losses(recon, x):
+    """Foreground-weighted L1 + 0.5·MSE, and the edge loss."""
+    # shapes cover 5-25% of the image: weight their pixels ×4 so their color is learnt as fast as the background's
+    weight = 1.0 + 3.0 * ((x - x[:, :, :1, :1]).abs().sum(1, keepdim=True) > 0.05).float()
+    rec = ((recon - x).abs() * weight).mean() + 0.5 * (((recon - x) ** 2) * weight).mean()
+    return rec, _edge_loss(recon, x)
+
+
+def train_vae(cfg: DemoConfig, out: Path) -> None:
+    """Train the VAE on freshly rendered scenes, rescale its latent space and save it to ``out/vae``."""
+    import torch
+    from tqdm import tqdm
+
+    if (out / "vae" / "config.json").exists():
+        _log("VAE already trained")
+        return
+    torch.manual_seed(cfg.seed)
+    vae = build_vae(cfg)
+    with torch.no_grad():  # start with a nearly deterministic posterior (std ≈ 0.05) so reconstruction is learnt fast
+        vae.quant_conv.weight[4:] *= 0.1
+        vae.quant_conv.bias[4:] = -6.0
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
+    ckpt_path, step = out / "vae_ckpt.pt", 0
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=False)
+        vae.load_state_dict(state["vae"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        _log(f"VAE resumed at step {step}")
+    _log(f"VAE: {count_parameters(vae):,} parameters, {cfg.vae_steps} steps")
+    last_save = time.time()
+    bar = tqdm(total=cfg.vae_steps, initial=step, desc="vae", mininterval=30, file=sys.stderr)
+    vae.train()
+    while step < cfg.vae_steps:
+        rng = np.random.default_rng([cfg.seed, 1, step])
+        x = _images_to_tensor([world.render(world.sample_scene(rng), cfg.resolution) for _ in range(cfg.vae_batch)])
+        for group in opt.param_groups:
+            group["lr"] = cfg.vae_lr * _lr_factor(step, cfg.vae_steps, 50)
+        posterior = vae.encode(x).latent_dist
+        z = posterior.sample(generator=torch.Generator().manual_seed(cfg.seed * 1_000_003 + step))
+        recon = vae.decode(z).sample
+        rec, edge = _reconstruction_losses(recon, x)
+        kl = posterior.kl().mean()
+        loss = rec + cfg.vae_edge * edge + cfg.vae_kl * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        if step % 50 == 0:
+            _log(f"vae step {step} rec {rec.item():.4f} edge {edge.item():.4f} kl {kl.item():.1f}")
+        if time.time() - last_save > cfg.checkpoint_minutes * 60 or step == cfg.vae_steps:
+            _save_atomic({"vae": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt_path)
+            last_save = time.time()
+    bar.close()
+    vae.eval()
+    std = latent_std(vae, cfg)
+    rescale_latent_space(vae, 1.0 / (SCALING_FACTOR * std))
+    _log(f"VAE latent std {std:.3f} -> rescaled; after: {latent_std(vae, cfg) * SCALING_FACTOR:.3f}")
+    vae.save_pretrained(out / "vae")
+    acc = vae_roundtrip_accuracy(vae, cfg)
+    _log(f"VAE round-trip judge accuracy: {acc}")
+
+
+def latent_std(vae, cfg: DemoConfig, n: int = 512) -> float:
+    """Standard deviation of sampled latents of ``n`` random scenes."""
+    import torch
+
+    rng = np.random.default_rng([cfg.seed, 2])
+    with torch.no_grad():
+        x = _images_to_tensor([world.render(world.sample_scene(rng), cfg.resolution) for _ in range(n)])
+        z = vae.encode(x).latent_dist.sample(generator=torch.Generator().manual_seed(cfg.seed))
+    return float(z.std())
+
+
+def rescale_latent_space(vae, c: float) -> None:
+    """Multiply the VAE's latents by ``c`` exactly: quant_conv mean part ×c, logvar bias +2 ln c, post_quant_conv ÷c."""
+    import torch
+
+    with torch.no_grad():
+        vae.quant_conv.weight[:4] *= c
+        vae.quant_conv.bias[:4] *= c
+        vae.quant_conv.bias[4:] += 2 * math.log(c)
+        vae.post_quant_conv.weight *= 1.0 / c
+
+
+def vae_roundtrip_accuracy(vae, cfg: DemoConfig, n: int = 300) -> dict[str, float]:
+    """Judge accuracy on VAE reconstructions (posterior mean) of ``n`` random scenes."""
+    import torch
+
+    rng = np.random.default_rng([cfg.seed, 3])
+    scenes = [world.sample_scene(rng) for _ in range(n)]
+    with torch.no_grad():
+        x = _images_to_tensor([world.render(s, cfg.resolution) for s in scenes])
+        recon = vae.decode(vae.encode(x).latent_dist.mean).sample
+    return accuracy(_tensor_to_images(recon), scenes)
+
+
+def finetune_decoder(cfg: DemoConfig, out: Path, steps: int) -> None:
+    """Keep training the decoder (post_quant_conv + decoder) of ``out/vae`` with the encoder frozen.
+
+    Runs beside the base stage (the UNet only sees the frozen encoder's latents); writes ``out/vae_decoder``
+    (a full VAE folder) at every checkpoint. Resumable.
+    """
+    import torch
+    from diffusers import AutoencoderKL
+    from tqdm import tqdm
+
+    vae = AutoencoderKL.from_pretrained(out / "vae")
+    vae.encoder.requires_grad_(False)
+    vae.quant_conv.requires_grad_(False)
+    params = list(vae.post_quant_conv.parameters()) + list(vae.decoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.vae_lr * 0.5, weight_decay=0.0)
+    ckpt_path, step = out / "decoder_ckpt.pt", 0
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=False)
+        vae.load_state_dict(state["vae"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        _log(f"decoder resumed at step {step}")
+    last_save = time.time()
+    bar = tqdm(total=steps, initial=step, desc="decoder", mininterval=30, file=sys.stderr)
+    while step < steps:
+        rng = np.random.default_rng([cfg.seed, 6, step])
+        x = _images_to_tensor([world.render(world.sample_scene(rng), cfg.resolution) for _ in range(cfg.vae_batch)])
+        for group in opt.param_groups:
+            group["lr"] = cfg.vae_lr * 0.5 * _lr_factor(step, steps, 20)
+        with torch.no_grad():
+            z = vae.encode(x).latent_dist.sample(generator=torch.Generator().manual_seed(cfg.seed * 7 + step))
+        rec, edge = _reconstruction_losses(vae.decode(z).sample, x)
+        loss = rec + cfg.vae_edge * edge
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        if step % 50 == 0:
+            _log(f"decoder step {step} rec {rec.item():.4f} edge {edge.item():.4f}")
+        if time.time() - last_save > cfg.checkpoint_minutes * 60 or step == steps:
+            _save_atomic({"vae": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt_path)
+            vae.save_pretrained(out / "vae_decoder")
+            (out / "vae_decoder" / "step.txt").write_text(str(step))
+            _log(f"decoder step {step}: round trip {vae_roundtrip_accuracy(vae.eval(), cfg, 200)}")
+            vae.train()
+            last_save = time.time()
+    bar.close()
+
+
+def load_best_vae(out: Path):
+    """``out/vae_decoder`` (fine-tuned decoder) when present, else ``out/vae``."""
+    from diffusers import AutoencoderKL
+
+    folder = out / "vae_decoder" if (out / "vae_decoder" / "config.json").exists() else out / "vae"
+    return AutoencoderKL.from_pretrained(folder).eval()
+
+
+# --------------------------------------------------------------------------- base stage
+
+def build_latent_pool(vae, cfg: DemoConfig, path: Path) -> dict:
+    """Encode every scene × ``pool_jitters`` jittered renders once; stores posterior means and stds."""
+    import torch
+
+    if path.exists():
+        return torch.load(path, weights_only=False)
+    rng = np.random.default_rng([cfg.seed, 4])
+    scenes = [world.jittered(s, rng) for s in world.all_scenes() for _ in range(cfg.pool_jitters)]
+    means, stds = [], []
+    with torch.no_grad():
+        for i in range(0, len(scenes), 256):
+            x = _images_to_tensor([world.render(s, cfg.resolution) for s in scenes[i:i + 256]])
+            dist = vae.encode(x).latent_dist
+            means.append(dist.mean)
+            stds.append(dist.std)
+    pool = {"scenes": [asdict(s) for s in scenes], "mean": torch.cat(means), "std": torch.cat(stds)}
+    _save_atomic(pool, path)
+    _log(f"latent pool: {len(scenes)} renders, latent std×0.18215 = {float(pool['mean'].std()) * SCALING_FACTOR:.3f}")
+    return pool
+
+
+class _Tokens:
+    """Caches CLIP token ids (77, padded with EOS) per caption."""
+
+    def __init__(self):
+        from modules.clip_tokenizer import load_clip_tokenizer
+
+        self.tokenizer = load_clip_tokenizer()
+        self.cache: dict[str, object] = {}
+
+    def __call__(self, captions: list[str]):
+        import torch
+
+        missing = [c for c in dict.fromkeys(captions) if c not in self.cache]
+        if missing:
+            ids = self.tokenizer(missing, padding="max_length", max_length=77, truncation=True,
+                                 return_tensors="pt").input_ids
+            self.cache.update(zip(missing, ids))
+        return torch.stack([self.cache[c] for c in captions])
+
+
+def _ema_update(ema, model, decay: float) -> None:
+    import torch
+
+    with torch.no_grad():
+        ema_p = [p for p in ema.parameters()]
+        model_p = [p.detach() for p in model.parameters()]
+        torch._foreach_lerp_(ema_p, model_p, 1.0 - decay)
+
+
+def train_base(cfg: DemoConfig, out: Path) -> None:
+    """Train text encoder + UNet on the pre-encoded latent pool; EMA copies are what gets evaluated and saved."""
+    import torch
+    from diffusers import AutoencoderKL
+    from tqdm import tqdm
+
+    vae = AutoencoderKL.from_pretrained(out / "vae").eval()
+    pool = build_latent_pool(vae, cfg, out / "latent_pool.pt")
+    scenes = [world.Scene(**s) for s in pool["scenes"]]
+    torch.manual_seed(cfg.seed)
+    unet, text_encoder = build_unet(cfg), build_text_encoder(cfg)
+    ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.base_lr, weight_decay=0.01)
+    ckpt_path, step = out / "base_ckpt.pt", 0
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=False)
+        for name, module in (("unet", unet), ("text", text_encoder), ("ema_unet", ema_unet), ("ema_text", ema_text)):
+            module.load_state_dict(state[name])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        _log(f"base resumed at step {step}")
+    _log(f"UNet {count_parameters(unet):,} / text encoder {count_parameters(text_encoder):,} / "
+         f"VAE {count_parameters(vae):,} parameters; {cfg.base_steps} steps of batch {cfg.base_batch}")
+    tokens = _Tokens()
+    ac = alphas_cumprod()
+    weights = torch.clamp(1.0 / ac, max=cfg.max_loss_weight)
+    weights = weights / weights.mean()
+    last_save = time.time()
+    bar = tqdm(total=cfg.base_steps, initial=step, desc="base", mininterval=30, file=sys.stderr)
+    unet.train()
+    text_encoder.train()
+    running = []
+    while step < cfg.base_steps:
+        rng = np.random.default_rng([cfg.seed, 5, step])
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        idx = torch.from_numpy(rng.integers(len(scenes), size=cfg.base_batch))
+        captions = [world.caption(scenes[i], rng, cfg.drop_prob, cfg.empty_prob) for i in idx.tolist()]
+        latents = pool["mean"][idx] + pool["std"][idx] * torch.randn(pool["mean"][idx].shape, generator=gen)
+        latents = latents * SCALING_FACTOR
+        noise = torch.randn(latents.shape, generator=gen)
+        t = torch.randint(0, NUM_TRAIN_TIMESTEPS, (cfg.base_batch,), generator=gen)
+        a = ac[t].view(-1, 1, 1, 1)
+        noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
+        for group in opt.param_groups:
+            group["lr"] = cfg.base_lr * _lr_factor(step, cfg.base_steps, cfg.warmup)
+        context = text_encoder(tokens(captions)).last_hidden_state
+        pred = unet(noisy, t, encoder_hidden_states=context).sample
+        loss = (((pred - noise) ** 2).mean(dim=(1, 2, 3)) * weights[t]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        _ema_update(ema_unet, unet, decay)
+        _ema_update(ema_text, text_encoder, decay)
+        running.append(loss.item())
+        bar.update(1)
+        if step % 50 == 0:
+            _log(f"base step {step} loss {np.mean(running):.4f} lr {opt.param_groups[0]['lr']:.2e}")
+            running = []
+        if step % cfg.eval_every == 0 or step == cfg.base_steps:
+            result = evaluate(ema_unet, ema_text, load_best_vae(out), cfg, tokens)
+            result["step"] = step
+            _log(f"eval step {step}: {result}")
+            with open(out / "eval.jsonl", "a") as f:
+                f.write(json.dumps(result) + "\n")
+        if time.time() - last_save > cfg.checkpoint_minutes * 60 or step == cfg.base_steps:
+            _save_atomic({"unet": unet.state_dict(), "text": text_encoder.state_dict(),
+                          "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
+                          "opt": opt.state_dict(), "step": step}, ckpt_path)
+            ema_unet.save_pretrained(out / "latest" / "unet")
+            ema_text.save_pretrained(out / "latest" / "text_encoder")
+            (out / "latest" / "step.txt").write_text(str(step))
+            last_save = time.time()
+    bar.close()
+    ema_unet.save_pretrained(out / "final" / "unet")
+    ema_text.save_pretrained(out / "final" / "text_encoder")
+    load_best_vae(out).save_pretrained(out / "final" / "vae")
+    _log(f"done: {out / 'final'}")
+
+
+# --------------------------------------------------------------------------- sampling and evaluation
+
+def sample(unet, text_encoder, vae, tokens, prompts: list[str], seeds: list[int], steps: int = 20,
+           guidance: float = 7.0, negative: str = "", resolution: int = 64) -> list[np.ndarray]:
+    """Generate images with DPM++ 2M Karras (diffusers) and classifier-free guidance."""
+    import torch
+    from diffusers import DPMSolverMultistepScheduler
+
+    scheduler = DPMSolverMultistepScheduler(
+        num_train_timesteps=NUM_TRAIN_TIMESTEPS, beta_start=BETA_START, beta_end=BETA_END,
+        beta_schedule="scaled_linear", prediction_type="epsilon", algorithm_type="dpmsolver++", solver_order=2,
+        use_karras_sigmas=True,
+    )
+    scheduler.set_timesteps(steps)
+    n = len(prompts)
+    with torch.no_grad():
+        cond = text_encoder(tokens(prompts)).last_hidden_state
+        uncond = text_encoder(tokens([negative] * n)).last_hidden_state
+        context = torch.cat([uncond, cond])
+        size = resolution // 8
+        latents = torch.stack([torch.randn(4, size, size, generator=torch.Generator().manual_seed(s)) for s in seeds])
+        latents = latents * scheduler.init_noise_sigma
+        for t in scheduler.timesteps:
+            inp = scheduler.scale_model_input(torch.cat([latents, latents]), t)
+            eps_u, eps_c = unet(inp, t, encoder_hidden_states=context).sample.chunk(2)
+            latents = scheduler.step(eps_u + guidance * (eps_c - eps_u), t, latents).prev_sample
+        images = vae.decode(latents / SCALING_FACTOR).sample
+    return _tensor_to_images(images)
+
+
+def evaluation_scenes(n: int, seed: int = 1234) -> list[world.Scene]:
+    """A fixed list of ``n`` random scenes (no jitter) for judging generated images."""
+    rng = np.random.default_rng(seed)
+    return [world.sample_scene(rng, jitter=False) for _ in range(n)]
+
+
+def evaluate(unet, text_encoder, vae, cfg: DemoConfig, tokens, guidance: float = 7.0) -> dict[str, float]:
+    """Per-attribute judge accuracy on ``cfg.eval_images`` full-caption samples (20 steps DPM++ 2M Karras)."""
+    unet.eval()
+    text_encoder.eval()
+    scenes = evaluation_scenes(cfg.eval_images)
+    images = sample(unet, text_encoder, vae, tokens, [world.full_caption(s) for s in scenes],
+                    list(range(len(scenes))), guidance=guidance, resolution=cfg.resolution)
+    return accuracy(images, scenes)
+
+
+def export_demo_checkpoint(out: Path, path: Path, cfg: DemoConfig) -> Path:
+    """Write the trained EMA weights of ``out`` (``final/`` or else ``latest/``) as one fp16 SD1 single file."""
+    import torch
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    from modules.models.export import export_sd1_checkpoint
+
+    folder = out / ("final" if (out / "final").exists() else "latest")
+    step = (folder / "step.txt").read_text() if (folder / "step.txt").exists() else str(cfg.base_steps)
+    metadata = {
+        "modelspec.title": "demo-shapes",
+        "modelspec.architecture": "stable-diffusion-v1",
+        "modelspec.resolution": f"{cfg.resolution}x{cfg.resolution}",
+        "modelspec.license": "AGPL-3.0-or-later (trained from scratch by this project on procedural data)",
+        "modelspec.description": (
+            "Bundled demo model: one flat circle/square/triangle in 8 colors, 5 positions, 2 sizes, 64x64. "
+            "Trained from scratch on CPU with modules/training/demo_model.py (VAE, then CLIP text encoder + UNet; "
+            f"eps-prediction, SD1 schedule; EMA weights after {step} UNet steps)."),
+        "training.config": json.dumps(asdict(cfg)),
+    }
+    return export_sd1_checkpoint(
+        path, UNet2DConditionModel.from_pretrained(folder / "unet"), load_best_vae(out),
+        CLIPTextModel.from_pretrained(folder / "text_encoder"), metadata, dtype=torch.float16)
+
+
+def main(argv: list[str] | None = None) -> None:
+    import torch
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, default=Path("runs/demo"))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stage", choices=("vae", "base", "all", "decoder", "eval", "export"), default="all")
+    parser.add_argument("--decoder-steps", type=int, default=1500)
+    parser.add_argument("--export-to", type=Path, default=Path("models/Stable-diffusion/demo-shapes.safetensors"))
+    parser.add_argument("--vae-steps", type=int, default=DemoConfig.vae_steps)
+    parser.add_argument("--base-steps", type=int, default=DemoConfig.base_steps)
+    parser.add_argument("--threads", type=int, default=DemoConfig.threads)
+    args = parser.parse_args(argv)
+    cfg = DemoConfig(seed=args.seed, vae_steps=args.vae_steps, base_steps=args.base_steps, threads=args.threads)
+    torch.set_num_threads(cfg.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    if args.stage in ("vae", "all"):
+        train_vae(cfg, args.out)
+    if args.stage in ("base", "all"):
+        train_base(cfg, args.out)
+    if args.stage == "decoder":
+        finetune_decoder(cfg, args.out, args.decoder_steps)
+    if args.stage == "export":
+        _log(f"wrote {export_demo_checkpoint(args.out, args.export_to, cfg)}")
+    if args.stage == "eval":
+        from diffusers import UNet2DConditionModel
+        from transformers import CLIPTextModel
+
+        folder = args.out / ("final" if (args.out / "final").exists() else "latest")
+        unet = UNet2DConditionModel.from_pretrained(folder / "unet")
+        text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder")
+        vae = load_best_vae(args.out)
+        for guidance in (7.0, 1.0):
+            _log(f"{folder} CFG {guidance}: {evaluate(unet, text_encoder, vae, cfg, _Tokens(), guidance)}")
+
+
+if __name__ == "__main__":
+    main()
