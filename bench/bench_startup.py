@@ -21,7 +21,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from modules.system_deps import ensure_chromium  # noqa: E402
-from tests.webui_server import REPO, free_port, launch_args, wait_for_http, write_models  # noqa: E402
+from tests.webui_server import REPO, free_port, launch_args, stop_process, wait_for_http, write_models  # noqa: E402
 
 PAGE_TARGET_S, IMAGE_TARGET_S = 6.0, 10.0
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -39,22 +39,13 @@ def start(root: Path, dirs: dict, skip_install: bool) -> tuple[subprocess.Popen,
     return process, f"http://127.0.0.1:{port}", started
 
 
-def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(10)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait()
-
-
 def time_to_page(root: Path, dirs: dict, skip_install: bool) -> float:
     process, url, started = start(root, dirs, skip_install)
     try:
         wait_for_http(url + "/", process, timeout=300)
         return time.perf_counter() - started
     finally:
-        stop(process)
+        stop_process(process)
 
 
 def time_to_first_image(root: Path, dirs: dict, browser, steps: int) -> tuple[float, float]:
@@ -79,7 +70,7 @@ def time_to_first_image(root: Path, dirs: dict, browser, steps: int) -> tuple[fl
         page.close()
         return page_s, image_s
     finally:
-        stop(process)
+        stop_process(process)
 
 
 def main() -> int:

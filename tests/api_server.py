@@ -16,11 +16,11 @@ import contextlib
 import dataclasses
 import importlib.util
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
+
+from tests.webui_server import free_port, stop_process, wait_for_http
 
 REPO = Path(__file__).resolve().parent.parent
 EXTENSION_ROUTE = "/test-extension/hello"
@@ -96,17 +96,9 @@ def main(argv: list[str]) -> None:
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextlib.contextmanager
-def running_server(root: Path, *flags: str, auth: tuple[str, str] | None = None, timeout: float = 180):
+def running_server(root: Path, *flags: str, timeout: float = 180):
     """Start the server process and wait until it answers; yields ``http://127.0.0.1:PORT``."""
-    import httpx
-
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "COMMANDLINE_ARGS": ""}
     log = open(root / f"server-{port}.log", "w")
@@ -114,26 +106,13 @@ def running_server(root: Path, *flags: str, auth: tuple[str, str] | None = None,
                             env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            if proc.poll() is not None:
-                output = (root / f"server-{port}.log").read_text()
-                raise RuntimeError(f"API server exited ({proc.returncode}):\n{output}")
-            try:
-                if httpx.get(f"{url}/sdapi/v1/samplers", auth=auth, timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("API server did not start")
-            time.sleep(0.3)
+        try:
+            wait_for_http(f"{url}/sdapi/v1/samplers", proc, timeout)
+        except RuntimeError as e:
+            raise RuntimeError(f"{e}\n{(root / f'server-{port}.log').read_text()}") from None
         yield url
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_process(proc)
         log.close()
 
 

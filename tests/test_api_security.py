@@ -22,7 +22,7 @@ FLAGS = ("--small-limits", "--api-auth", f"bob:pw,{USER}:{PASSWORD}", "--cors-al
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("api-security"), *FLAGS, auth=(USER, PASSWORD)) as url:
+    with running_server(tmp_path_factory.mktemp("api-security"), *FLAGS) as url:
         yield url
 
 

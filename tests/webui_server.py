@@ -89,6 +89,16 @@ def wait_for_http(url: str, process: subprocess.Popen, timeout: float = 120) -> 
     raise RuntimeError(f"server did not answer at {url} within {timeout:.0f} s")
 
 
+def stop_process(process: subprocess.Popen) -> None:
+    """Terminate a server process, killing it if it does not exit within 10 s."""
+    process.terminate()
+    try:
+        process.wait(10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 def launch_args(root: Path, dirs: dict[str, Path], port: int, extra: tuple[str, ...] = ()) -> list[str]:
     return [sys.executable, str(REPO / "launch.py"), "--skip-install", "--device", "cpu", "--port", str(port),
             "--ckpt-dir", str(dirs["ckpt"]), "--vae-dir", str(dirs["vae"]), "--lora-dir", str(dirs["lora"]),
@@ -113,9 +123,4 @@ def running_server(root: Path, extra: tuple[str, ...] = (), timeout: float = 120
     except RuntimeError as e:
         raise RuntimeError(f"{e}\n--- server log ---\n{server.log()[-4000:]}") from None
     finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
