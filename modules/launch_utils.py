@@ -246,8 +246,8 @@ class Command:
 
 
 def run_app(options: LaunchOptions, args: Sequence[str]) -> int | None:
-    """Start the application (``modules.app.main``)."""
-    from modules.app import main as app_main
+    """Start the application (``webui.app.main``)."""
+    from webui.app import main as app_main
 
     return app_main(options)
 

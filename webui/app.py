@@ -5,10 +5,10 @@ import logging
 import threading
 import time
 
-from .app_state import create_state, default_checkpoint
-from .cmd_args import LaunchOptions
-from .extensions import load_extensions
-from .models.safetensors_file import ModelFileError
+from modules.app_state import create_state, default_checkpoint
+from modules.cmd_args import LaunchOptions
+from modules.extensions import load_extensions
+from modules.models.safetensors_file import ModelFileError
 
 log = logging.getLogger("sdwebui")
 
@@ -47,7 +47,7 @@ def start_model_load(state, after: threading.Event | None = None, wait_s: float 
 
 def main(options: LaunchOptions) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from webui.server import check_startup, serve
+    from .server import check_startup, serve
 
     problem = check_startup(options.server)
     if problem:
