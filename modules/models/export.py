@@ -38,6 +38,7 @@ def save_safetensors(tensors: dict, path: str | Path, metadata: dict[str, str] |
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600; a model file is shared like any other
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -49,7 +49,7 @@ class DemoConfig:
     vae_kl: float = 1e-6
     vae_edge: float = 1.0
     pool_jitters: int = 3
-    base_steps: int = 2600
+    base_steps: int = 3300
     base_batch: int = 64
     base_lr: float = 8e-4
     warmup: int = 200
