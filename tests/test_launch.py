@@ -221,7 +221,9 @@ def launcher_copy(tmp_path) -> Path:
     for name in LAUNCHER_FILES:
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(ROOT / name, tmp_path / name)
-    (tmp_path / "modules" / "app.py").write_text(APP_STANDIN, encoding="utf-8")
+    (tmp_path / "webui").mkdir(exist_ok=True)
+    (tmp_path / "webui" / "__init__.py").write_text("", encoding="utf-8")
+    (tmp_path / "webui" / "app.py").write_text(APP_STANDIN, encoding="utf-8")
     (tmp_path / "tests").mkdir()
     write_pyproject(tmp_path / "pyproject.toml")
     return tmp_path
