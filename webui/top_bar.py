@@ -27,31 +27,29 @@ def current_checkpoint(state) -> str | None:
     return info.filename if info is not None else None
 
 
-def switch_checkpoint(ctx: UiContext, name: str) -> str:
-    """Make ``name`` the checkpoint of every later job (the setting is changed at once, so a job queued after
-    this click uses it) and load it in the queue's turn; on failure the previous choice is restored."""
+def _switch(ctx: UiContext, key: str, value: str, apply, label: str) -> None:
+    """Change setting ``key`` at once (so a job queued after this click uses it), then ``apply`` it in the queue's
+    turn; on failure the previous value is restored and the user warned."""
     state = ctx.state
-    previous = state.settings.current.sd_model_checkpoint
-    state.settings.update({"sd_model_checkpoint": name})
+    previous = getattr(state.settings.current, key)
+    state.settings.update({key: value})
     try:
-        state.queue.run_exclusive(lambda: state.models.load(name), "load checkpoint")
+        state.queue.run_exclusive(apply, label)
     except (ModelFileError, OSError, ValueError) as e:
-        state.settings.update({"sd_model_checkpoint": previous})
-        gr.Warning(f"Could not load {name}: {e}")
-    return current_checkpoint(state)
+        state.settings.update({key: previous})
+        gr.Warning(f"Could not use {value}: {e}")
+
+
+def switch_checkpoint(ctx: UiContext, name: str) -> str:
+    """Make ``name`` the checkpoint of every later job and load it in the queue's turn."""
+    _switch(ctx, "sd_model_checkpoint", name, lambda: ctx.state.models.load(name), "load checkpoint")
+    return current_checkpoint(ctx.state)
 
 
 def switch_vae(ctx: UiContext, choice: str) -> str:
     """Like :func:`switch_checkpoint` for the VAE ("Automatic", "None" or a file name)."""
-    state = ctx.state
-    previous = state.settings.current.sd_vae
-    state.settings.update({"sd_vae": choice})
-    try:
-        state.queue.run_exclusive(lambda: state.models.set_vae(choice), "set VAE")
-    except (ModelFileError, OSError, ValueError) as e:
-        state.settings.update({"sd_vae": previous})
-        gr.Warning(f"Could not use VAE {choice}: {e}")
-    return state.models.vae_choice
+    _switch(ctx, "sd_vae", choice, lambda: ctx.state.models.set_vae(choice), "set VAE")
+    return ctx.state.models.vae_choice
 
 
 def status_html(ctx: UiContext) -> str:

@@ -211,19 +211,23 @@ def _log_midpoint(a: float, b: float) -> float:
     return math.sqrt(a * b)
 
 
+def _dpm2_step(run: _Run, x: torch.Tensor, s: float, target: float, denoised: torch.Tensor) -> torch.Tensor:
+    """One DPM2 step from ``s`` to ``target``: Euler to the log-midpoint, then the midpoint slope (Euler at 0)."""
+    d = _to_d(x, s, denoised)
+    if target == 0:
+        return x + d * (target - s)
+    s_mid = _log_midpoint(s, target)
+    x_mid = x + d * (s_mid - s)
+    return x + _to_d(x_mid, s_mid, run.denoise(x_mid, s_mid)) * (target - s)
+
+
 def dpm2(model, x, sigmas, *, extra_args=None, callback=None, noise_sampler=None, control=None):
     """DPM-Solver-2 in Karras et al.'s form: the derivative at the log-midpoint sigma drives the whole step."""
     run = _Run(model, x, extra_args, callback, control)
     for i, s, s_next in run.steps(sigmas):
         denoised = run.denoise(x, s)
         run.report(i, _total(sigmas), s, s_next, x, denoised)
-        d = _to_d(x, s, denoised)
-        if s_next == 0:
-            x = x + d * (s_next - s)
-            continue
-        s_mid = _log_midpoint(s, s_next)
-        x_mid = x + d * (s_mid - s)
-        x = x + _to_d(x_mid, s_mid, run.denoise(x_mid, s_mid)) * (s_next - s)
+        x = _dpm2_step(run, x, s, s_next, denoised)
     return x
 
 
@@ -236,13 +240,7 @@ def dpm2_ancestral(model, x, sigmas, *, extra_args=None, callback=None, noise_sa
         denoised = run.denoise(x, s)
         run.report(i, _total(sigmas), s, s_next, x, denoised)
         down, up = ancestral_split(s, s_next, eta)
-        d = _to_d(x, s, denoised)
-        if down == 0:
-            x = x + d * (down - s)
-            continue
-        s_mid = _log_midpoint(s, down)
-        x_mid = x + d * (s_mid - s)
-        x = x + _to_d(x_mid, s_mid, run.denoise(x_mid, s_mid)) * (down - s)
+        x = _dpm2_step(run, x, s, down, denoised)
         if up > 0:
             x = x + noise_sampler(s, s_next) * (s_noise * up)
     return x
