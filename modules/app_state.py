@@ -48,6 +48,7 @@ def create_state(options: LaunchOptions) -> AppState:
     models = ModelManager(checkpoints, vaes, plan, options.allow_pickle, settings.current.sd_checkpoints_limit)
     embedding_dirs = [options.embeddings_dir, options.ckpt_dir.parent / "embeddings"]
     networks = ActiveNetworks(options.lora_dir, embedding_dirs, hashes, options.allow_pickle)
+    models.on_released.append(networks.forget)
     return AppState(options, plan, hashes, checkpoints, vaes, models, settings, HookRegistry(), networks, JobQueue())
 
 

@@ -120,3 +120,68 @@ def test_vae_choices_do_not_reload_the_unet(folders):
         assert torch.equal(manager.decode(z), other_image)
     with pytest.raises(ModelFileError, match="VAE not found"):
         manager.set_vae("missing.safetensors")
+
+
+def _weights(model) -> dict[str, torch.Tensor]:
+    parts = {"unet": model.unet, "vae": model.vae, **{f"te{i}": te for i, te in enumerate(model.text_encoders)}}
+    return {f"{role}.{k}": v.clone() for role, m in parts.items() for k, v in m.state_dict().items()}
+
+
+def test_switch_within_one_architecture_reuses_memory_and_equals_a_fresh_load(folders):
+    tmp_path, ckpt, vae = folders
+    tiny_models.write("sd1", ckpt / "gamma.safetensors", seed=3)
+    fresh = {name: _weights(_manager(tmp_path, ckpt, vae).load(name)) for name in ("alpha", "gamma")}
+    manager = _manager(tmp_path, ckpt, vae)
+    alpha = manager.load("alpha")
+    pointer, old_unet = alpha.unet.conv_in.weight.data_ptr(), weakref.ref(alpha.unet)
+    for name in ("gamma", "alpha", "gamma"):
+        model = manager.load(name)
+        got = _weights(model)
+        assert got.keys() == fresh[name].keys()
+        assert all(torch.equal(got[k], fresh[name][k]) for k in got), name  # bit-identical to loading it alone
+        assert model.unet.conv_in.weight.data_ptr() == pointer  # the outgoing model's memory took the weights
+    del alpha, model
+    gc.collect()
+    assert old_unet() is None  # new module objects each time: nothing keyed on the old ones survives
+
+
+def test_switch_to_a_same_family_file_with_a_bad_layout_keeps_the_previous_model(folders):
+    tmp_path, ckpt, vae = folders
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(ckpt / "alpha.safetensors"))
+    del state["first_stage_model.decoder.conv_out.bias"]
+    save_file(state, str(ckpt / "damaged.safetensors"))
+    manager = _manager(tmp_path, ckpt, vae)
+    alpha = manager.load("alpha")
+    reference = _denoise(alpha)
+    before = _weights(alpha)
+    with pytest.raises(ModelFileError, match="damaged.safetensors"):
+        manager.load("damaged")
+    assert manager.current is alpha and torch.equal(_denoise(alpha), reference)
+    assert all(torch.equal(v, before[k]) for k, v in _weights(alpha).items())
+
+
+def test_lora_state_is_dropped_with_its_model_and_never_leaks_into_the_next(tmp_path):
+    from modules.networks.active import model_roles
+    from modules.prompts.network_tags import extract_network_tags
+    from tests.engine_fixtures import make_state
+    from tests.test_lora import make_kohya_lora, save
+
+    state = make_state(tmp_path, {"alpha": "sd1", "gamma": "sd1"}, load="alpha")
+    fresh_gamma = _weights(_manager(tmp_path, tmp_path / "models" / "Stable-diffusion", tmp_path / "none").load("gamma"))
+    alpha = state.models.current
+    (tmp_path / "models" / "Lora").mkdir(parents=True, exist_ok=True)
+    save(tmp_path / "models" / "Lora", "style", make_kohya_lora(model_roles(alpha)))
+    state.networks.refresh()
+    warnings: list[str] = []
+    state.networks.activate(alpha, extract_network_tags("x <lora:style:1>")[1], warnings, {})
+    assert not warnings and state.networks.patcher(alpha).applied  # alpha's weights now carry the LoRA
+    old_unet = weakref.ref(alpha.unet)
+    del alpha
+    gamma = state.models.load("gamma")
+    assert all(torch.equal(v, fresh_gamma[k]) for k, v in _weights(gamma).items())
+    gc.collect()
+    assert old_unet() is None  # the patcher (which holds the model) went with it: no leak per switch
+    state.networks.activate(gamma, [], warnings, {})
+    assert all(torch.equal(v, fresh_gamma[k]) for k, v in _weights(gamma).items())

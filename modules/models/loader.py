@@ -27,6 +27,10 @@ from .spec import (
 SAMPLE_SIZE = {Family.SD1: 64, Family.SD2: 64, Family.SDXL: 128, Family.SDXL_REFINER: 128}
 
 
+class RecycledModelLost(ModelFileError):
+    """Loading failed after the model given as ``recycle`` was partly overwritten: it must be reloaded."""
+
+
 @dataclass(frozen=True)
 class LoadOptions:
     allow_pickle: bool = False
@@ -53,19 +57,37 @@ class SDModel:
         return self.spec.family
 
 
-def _owned(v, dtype):
+def _target_dtype(v, dtype):
+    return dtype if dtype is not None and v.is_floating_point() else v.dtype
+
+
+def _owned(v, dtype, into=None):
     """One copy out of the file mapping (fused with the dtype change): aligned, writable, file-independent.
 
     Zero-copy views into a memory-mapped file are not 64-byte aligned, which changes SIMD reduction order (the
     same weights would give slightly different outputs) and would tie in-place weight patches to file pages.
+    ``into``: an existing tensor of the right shape and dtype to copy into instead of allocating.
     """
-    if dtype is not None and v.is_floating_point() and v.dtype != dtype:
-        return v.to(dtype)
-    return v.clone()
+    if into is not None:
+        return into.copy_(v)
+    target = _target_dtype(v, dtype)
+    return v.to(target) if v.dtype != target else v.clone()
 
 
-def _convert(sd: dict, dtype) -> dict:
-    return {k: _owned(v, dtype) for k, v in sd.items()}
+def _convert(sd: dict, dtype, recycled: dict | None = None) -> dict:
+    recycled = recycled or {}
+    return {k: _owned(v, dtype, recycled.get(k)) for k, v in sd.items()}
+
+
+def _recyclable(converted: dict, own: dict, dtype) -> dict | None:
+    """``own`` (a module's tensors by name) when they can take ``converted`` exactly (same names, shapes, dtypes)."""
+    if own.keys() != converted.keys():
+        return None
+    for k, v in converted.items():
+        t = own[k]
+        if tuple(t.shape) != tuple(v.shape) or t.dtype != _target_dtype(v, dtype) or not t.is_contiguous():
+            return None
+    return own
 
 
 def _ema_keys(sd: dict) -> dict:
@@ -98,20 +120,26 @@ def _sidecar_prediction(path: Path) -> str | None:
     return None
 
 
-def load_checkpoint(path: str | Path, options: LoadOptions = LoadOptions()) -> SDModel:
-    """Load a checkpoint file or a diffusers folder. Raises ModelFileError naming the file on any failure."""
+def load_checkpoint(path: str | Path, options: LoadOptions = LoadOptions(), recycle: SDModel | None = None) -> SDModel:
+    """Load a checkpoint file or a diffusers folder. Raises ModelFileError naming the file on any failure.
+
+    ``recycle``: a model being discarded whose memory may hold the new weights. It is used only when the new file
+    has the same architecture, names, shapes and dtypes in every component, checked before anything is written
+    (then copying into memory that is already allocated and mapped is much faster than allocating it again); on
+    any failure before that point ``recycle`` is untouched. Its modules must not be used afterwards.
+    """
     path = Path(path)
     try:
         if path.is_dir():
             return _load_diffusers_folder(path, options)
-        return _load_single_file(path, options)
+        return _load_single_file(path, options, recycle)
     except ModelFileError:
         raise
     except (UnknownLayoutError, ValueError, KeyError, RuntimeError) as e:
         raise ModelFileError(f"{path.name}: cannot load as a Stable Diffusion checkpoint ({e})") from e
 
 
-def _load_single_file(path: Path, options: LoadOptions) -> SDModel:
+def _load_single_file(path: Path, options: LoadOptions, recycle: SDModel | None = None) -> SDModel:
     shapes, metadata = read_shapes(path, options.allow_pickle)
     spec = detect(shapes, metadata)
     sd = load_state_dict(path, options.allow_pickle)
@@ -127,20 +155,44 @@ def _load_single_file(path: Path, options: LoadOptions) -> SDModel:
     unet_sd, unmapped = keymap.convert_unet(sd, spec.unet, UNET_PREFIX)
     if unmapped:
         raise UnknownLayoutError(f"unknown UNet tensors, e.g. {unmapped[:3]}")
-    unet = builders.build_unet(spec.unet, spec.family, _convert(unet_sd, options.dtype), _sample_size(spec, metadata))
-    del unet_sd
     vae_sd, unmapped = keymap.convert_vae(sd, spec.vae, VAE_PREFIX)
     if unmapped:
         raise UnknownLayoutError(f"unknown VAE tensors, e.g. {unmapped[:3]}")
-    vae = builders.build_vae(spec.vae, spec.vae_scale, _convert(vae_sd, options.vae_dtype or options.dtype))
-    del vae_sd
-    tes = []
+    te_sds = []
     for te_spec in spec.text_encoders:
         te_sd, unmapped = keymap.convert_text_encoder(sd, te_spec)
         if unmapped:
             notes.append(f"ignored text encoder tensors: {unmapped[:3]}")
-        tes.append(builders.build_text_encoder(te_spec, _convert(te_sd, options.dtype)))
+        te_sds.append(te_sd)
+    vae_dtype = options.vae_dtype or options.dtype
+    pools = _recycling_pools(recycle, spec, unet_sd, vae_sd, te_sds, options.dtype, vae_dtype)
+    try:
+        unet = builders.build_unet(spec.unet, spec.family, _convert(unet_sd, options.dtype, pools[0]),
+                                   _sample_size(spec, metadata))
+        del unet_sd
+        vae = builders.build_vae(spec.vae, spec.vae_scale, _convert(vae_sd, vae_dtype, pools[1]))
+        del vae_sd
+        tes = [builders.build_text_encoder(te_spec, _convert(te_sd, options.dtype, pool))
+               for te_spec, te_sd, pool in zip(spec.text_encoders, te_sds, pools[2:])]
+    except Exception as e:
+        if pools[0] is not None:
+            raise RecycledModelLost(f"{path.name}: loading failed after the previous model's memory was reused ({e})") from e
+        raise
     return SDModel(spec, unet, vae, tes, path, metadata, notes)
+
+
+def _recycling_pools(old: SDModel | None, spec: ModelSpec, unet_sd, vae_sd, te_sds, dtype, vae_dtype) -> list:
+    """Per component (UNet, VAE, text encoders…), the old model's tensors by name, or all None.
+
+    All or nothing: the old model is either left intact or entirely overwritten with the new weights.
+    """
+    none = [None] * (2 + len(te_sds))
+    if old is None or replace(old.spec, prediction=spec.prediction, notes=spec.notes) != spec:
+        return none
+    pools = [_recyclable(unet_sd, old.unet.state_dict(), dtype), _recyclable(vae_sd, old.vae.state_dict(), vae_dtype)]
+    pools += [_recyclable(sd, builders.canonical_text_encoder_state(te), dtype)
+              for sd, te in zip(te_sds, old.text_encoders)]
+    return pools if all(p is not None for p in pools) else none
 
 
 def _read_json(path: Path) -> dict:

@@ -10,11 +10,12 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from ..devices import DevicePlan, Offloader, free_memory
 from .catalog import CheckpointCatalog, CheckpointInfo, VaeCatalog
-from .loader import LoadOptions, SDModel, load_checkpoint, load_vae_file
+from .loader import LoadOptions, RecycledModelLost, SDModel, load_checkpoint, load_vae_file
 from .safetensors_file import ModelFileError
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class ModelManager:
         self._baked_vae: dict[int, object] = {}
         self._lock = threading.RLock()
         self.on_loaded: list[Callable[[SDModel], None]] = []
+        self.on_released: list[Callable[[SDModel], None]] = []  # a model leaves memory (not kept in the cache)
         self._nan_warned = False
         self._previewer: tuple | None = None
 
@@ -68,7 +70,7 @@ class ModelManager:
             if self.current_info is not None and self.current_info.path == info.path:
                 return self.current
             cached = self._cache.pop(info.path, None)
-            model = cached[1] if cached else load_checkpoint(info.path, self._options(info))
+            model = cached[1] if cached else self._load_file(info)
             old = (self.current_info, self.current) if self.current is not None else None
             self._baked_vae.setdefault(id(model), model.vae)
             self.current, self.current_info = model, info
@@ -88,6 +90,26 @@ class ModelManager:
                 callback(model)
             return model
 
+    def _load_file(self, info: CheckpointInfo) -> SDModel:
+        """Load from disk; without a cache, the outgoing model's memory takes the new weights when they fit.
+
+        A file that fails before anything is written leaves the current model as it was; a failure after that
+        (an I/O error while copying) reloads the current checkpoint from disk before raising.
+        """
+        old = self.current
+        if self.cache_size > 1 or old is None or self.plan.offload != "none":
+            return load_checkpoint(info.path, self._options(info))
+        try:
+            return load_checkpoint(info.path, self._options(info), recycle=replace(old, vae=self._baked_vae[id(old)]))
+        except RecycledModelLost:
+            previous = self.current_info
+            self.current = self.current_info = None
+            self._release(old)
+            old = None
+            free_memory()
+            self.load(previous)
+            raise
+
     def _retire(self, info: CheckpointInfo, model: SDModel) -> None:
         if self.cache_size > 1:
             for component in (model.unet, model.vae, *model.text_encoders):
@@ -95,16 +117,24 @@ class ModelManager:
             self._cache[info.path] = (info, model)
             while len(self._cache) > self.cache_size - 1:
                 _, (_, dropped) = self._cache.popitem(last=False)
-                self._baked_vae.pop(id(dropped), None)
+                self._release(dropped)
         else:
-            self._baked_vae.pop(id(model), None)
+            self._release(model)
+
+    def _release(self, model: SDModel) -> None:
+        """Forget a model that leaves memory, and tell ``on_released`` listeners to drop what they keep for it."""
+        self._baked_vae.pop(id(model), None)
+        for callback in list(self.on_released):
+            callback(model)
 
     def unload(self) -> None:
         """Release the active checkpoint (and the cache)."""
         with self._lock:
+            for model in [self.current, *(m for _, m in self._cache.values())]:
+                if model is not None:
+                    self._release(model)
             self.current = self.current_info = None
             self._cache.clear()
-            self._baked_vae.clear()
             free_memory()
 
     def reload(self) -> SDModel:
@@ -114,6 +144,7 @@ class ModelManager:
             if info is None:
                 raise ModelFileError("no checkpoint is loaded")
             model = load_checkpoint(info.path, self._options(info))
+            self._release(self.current)
             self.current = self.current_info = None
             free_memory()
             self._cache.pop(info.path, None)

@@ -6,7 +6,6 @@ prompt names (none → originals restored bit-for-bit; the same set as the last 
 from __future__ import annotations
 
 import logging
-import weakref
 from pathlib import Path
 
 from ..hashing import HashCache
@@ -42,7 +41,7 @@ class ActiveNetworks:
         self.allow_pickle = allow_pickle
         self._embeddings: dict[str, Embedding] | None = None
         self.embedding_errors: dict = {}
-        self._per_model: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # unet → (patcher, index, cache)
+        self._per_model: dict = {}  # unet → (patcher, index, cache); dropped by `forget` when the model leaves memory
 
     def refresh(self) -> None:
         self.loras.refresh()
@@ -61,6 +60,10 @@ class ActiveNetworks:
             state = (WeightPatcher(roles), build_module_index(roles, ldm_names(model.unet)), {})
             self._per_model[model.unet] = state
         return state
+
+    def forget(self, model) -> None:
+        """Drop the patch state of a model that leaves memory (its patcher holds the model's modules)."""
+        self._per_model.pop(model.unet, None)
 
     def patcher(self, model) -> WeightPatcher:
         return self._state(model)[0]

@@ -164,6 +164,7 @@ class WeightPatcher:
         self, ref: WeightRef, param: torch.nn.Parameter, contributions: list[_Contribution], workspace: _Workspace
     ) -> None:
         weight = param.detach()
+        holds_original = ref not in self._signatures  # never patched, or restored: W0 bit for bit
         if ref not in self._backups:
             self._backups[ref] = (param, weight.to(device=self._backup_device or weight.device, copy=True))
         original = self._backups[ref][1]
@@ -172,13 +173,14 @@ class WeightPatcher:
         in_place = weight.dtype == torch.float32 and weight.is_contiguous()
         acc = weight if in_place else workspace.take(device, weight.shape)
         # W0 as float32 on the device, kept apart from `acc`: the backup itself when it already is, a copy when
-        # DoRA needs it, else W0 is brought straight into `acc`
+        # DoRA needs it, else W0 is brought straight into `acc` — or is already there (one pass over the weight)
         w0 = original if original.device == device and original.dtype == torch.float32 else None
         if w0 is None and any(update.dora_scale is not None for update, _ in contributions):
             w0 = original.to(device=device, dtype=torch.float32)
-        if w0 is None:
+        started = in_place and holds_original
+        if not started and w0 is None:
             acc.copy_(original)
-        started = w0 is None
+            started = True
         for update, multiplier in contributions:
             factors = update.low_rank()
             if factors is not None:
