@@ -49,6 +49,7 @@ def create_state(options: LaunchOptions) -> AppState:
     embedding_dirs = [options.embeddings_dir, options.ckpt_dir.parent / "embeddings"]
     networks = ActiveNetworks(options.lora_dir, embedding_dirs, hashes, options.allow_pickle)
     models.on_released.append(networks.forget)
+    models.on_loaded.append(lambda model: hashes.prefetch(model.source) if model.source.is_file() else None)
     return AppState(options, plan, hashes, checkpoints, vaes, models, settings, HookRegistry(), networks, JobQueue())
 
 

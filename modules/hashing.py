@@ -1,6 +1,7 @@
 """File hashes as A1111 shows them, computed lazily and cached by path + size + mtime in the data folder."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -30,25 +31,51 @@ class HashCache:
     def __init__(self, path: Path):
         self.path = Path(path)
         self._lock = threading.Lock()
+        self._computing: dict[str, threading.Event] = {}
         try:
             self._entries: dict = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, ValueError):
             self._entries = {}
 
     def get(self, file: Path, kind: str = "sha256") -> str:
-        """The full hex digest of ``kind`` ("sha256" or "addnet") for ``file``, computing it on a miss."""
+        """The full hex digest of ``kind`` ("sha256" or "addnet") for ``file``, computing it on a miss.
+
+        A file already being hashed by another thread (e.g. a `prefetch`) is waited for, not hashed twice.
+        """
         file = Path(file).resolve()
-        st = file.stat()
         key = f"{kind}:{file}"
-        with self._lock:
-            e = self._entries.get(key)
-            if e and e["size"] == st.st_size and e["mtime"] == st.st_mtime_ns:
-                return e["hash"]
-        digest = sha256_file(file, skip_safetensors_header=(kind == "addnet"))
-        with self._lock:
-            self._entries[key] = {"size": st.st_size, "mtime": st.st_mtime_ns, "hash": digest}
-            self._save()
-        return digest
+        while True:
+            st = file.stat()
+            with self._lock:
+                e = self._entries.get(key)
+                if e and e["size"] == st.st_size and e["mtime"] == st.st_mtime_ns:
+                    return e["hash"]
+                running = self._computing.get(key)
+                if running is None:
+                    done = self._computing[key] = threading.Event()
+            if running is None:
+                break
+            running.wait()
+        try:
+            digest = sha256_file(file, skip_safetensors_header=(kind == "addnet"))
+            with self._lock:
+                self._entries[key] = {"size": st.st_size, "mtime": st.st_mtime_ns, "hash": digest}
+                self._save()
+            return digest
+        finally:
+            with self._lock:
+                del self._computing[key]
+            done.set()
+
+    def prefetch(self, file: Path, kind: str = "sha256") -> None:
+        """Start hashing ``file`` in a background thread unless its hash is known (A1111 hashes at load time,
+        blocking; here the first job only waits if it needs the hash before the thread is done)."""
+        if self.cached(file, kind) is None:
+            threading.Thread(target=self._get_quietly, args=(file, kind), name="hash", daemon=True).start()
+
+    def _get_quietly(self, file: Path, kind: str) -> None:
+        with contextlib.suppress(OSError):
+            self.get(file, kind)
 
     def cached(self, file: Path, kind: str = "sha256") -> str | None:
         """The digest if it is already known and still valid (never computes)."""

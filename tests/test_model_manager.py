@@ -185,3 +185,21 @@ def test_lora_state_is_dropped_with_its_model_and_never_leaks_into_the_next(tmp_
     assert old_unet() is None  # the patcher (which holds the model) went with it: no leak per switch
     state.networks.activate(gamma, [], warnings, {})
     assert all(torch.equal(v, fresh_gamma[k]) for k, v in _weights(gamma).items())
+
+
+def test_hash_prefetch_runs_in_the_background_and_concurrent_requests_agree(tmp_path):
+    import threading
+
+    big = tmp_path / "big.safetensors"
+    big.write_bytes(bytes(range(256)) * (40 * 4096))  # 40 MiB
+    expected = hashlib.sha256(big.read_bytes()).hexdigest()
+    hashes = HashCache(tmp_path / "hashes.json")
+    hashes.prefetch(big)
+    results: list[str] = []
+    threads = [threading.Thread(target=lambda: results.append(hashes.get(big))) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [expected] * 3 and hashes.cached(big) == expected
+    assert HashCache(tmp_path / "hashes.json").cached(big) == expected  # persisted

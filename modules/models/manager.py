@@ -70,14 +70,15 @@ class ModelManager:
             if self.current_info is not None and self.current_info.path == info.path:
                 return self.current
             cached = self._cache.pop(info.path, None)
-            model = cached[1] if cached else self._load_file(info)
+            model, recycled = (cached[1], False) if cached else self._load_file(info)
             old = (self.current_info, self.current) if self.current is not None else None
             self._baked_vae.setdefault(id(model), model.vae)
             self.current, self.current_info = model, info
             if old is not None:
                 self._retire(*old)
                 old = None  # the last reference: release before returning memory to the system
-                free_memory()
+                if not recycled:  # a recycled model's memory lives on in the new one: nothing to return
+                    free_memory()
             for component in (model.unet, model.vae, *model.text_encoders):
                 self.offloader.place(component)
             try:
@@ -90,17 +91,20 @@ class ModelManager:
                 callback(model)
             return model
 
-    def _load_file(self, info: CheckpointInfo) -> SDModel:
+    def _load_file(self, info: CheckpointInfo) -> tuple[SDModel, bool]:
         """Load from disk; without a cache, the outgoing model's memory takes the new weights when they fit.
 
-        A file that fails before anything is written leaves the current model as it was; a failure after that
-        (an I/O error while copying) reloads the current checkpoint from disk before raising.
+        Returns the model and whether the outgoing model's memory was reused. A file that fails before anything
+        is written leaves the current model as it was; a failure after that (an I/O error while copying)
+        reloads the current checkpoint from disk before raising.
         """
         old = self.current
         if self.cache_size > 1 or old is None or self.plan.offload != "none":
-            return load_checkpoint(info.path, self._options(info))
+            return load_checkpoint(info.path, self._options(info)), False
         try:
-            return load_checkpoint(info.path, self._options(info), recycle=replace(old, vae=self._baked_vae[id(old)]))
+            baked = replace(old, vae=self._baked_vae[id(old)])
+            model = load_checkpoint(info.path, self._options(info), recycle=baked)
+            return model, model.unet.conv_in.weight.data_ptr() == baked.unet.conv_in.weight.data_ptr()
         except RecycledModelLost:
             previous = self.current_info
             self.current = self.current_info = None
