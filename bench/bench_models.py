@@ -1,4 +1,4 @@
-"""Checkpoint load / switch benchmark on two SD1.5-size checkpoints (random fp16 weights, original layout).
+"""Checkpoint load / switch and LoRA apply benchmark on SD1.5-size checkpoints (random fp16 weights, original layout).
 
 Writes two ~2 GB files to a temp dir, then reports in one run: first load of each, ten switches between them
 (from the page cache), peak RSS, RSS growth over the switches, and LoRA apply/remove for a rank-32 LoRA.
@@ -85,11 +85,35 @@ def main() -> None:
         manager.load(names[i % 2])
         switches.append(time.perf_counter() - t)
     rss_after = rss_mb()
-    print(f"first load: {first[0]:.2f} s, {first[1]:.2f} s (the second includes releasing the first)")
+    print(f"first load: {first[0]:.2f} s, {first[1]:.2f} s (the second takes over the first one's memory: same architecture)")
     print(f"switch x10: median {statistics.median(switches):.2f} s, max {max(switches):.2f} s")
     print(f"RSS: before {base:.0f} MiB, after first loads {rss_after_first:.0f} MiB, after 10 switches {rss_after:.0f} MiB "
           f"(growth {rss_after - rss_after_first:+.0f} MiB), peak {peak_rss_mb():.0f} MiB")
     print(f"torch threads {torch.get_num_threads()}")
+    lora_timings(manager.current)
+
+
+def lora_timings(model, rank: int = 32, repeats: int = 5) -> None:
+    """Apply/remove a rank-``rank`` kohya LoRA (every transformer-block linear + CLIP linear) on the loaded model."""
+    from bench.bench_lora import kohya_lora, median_of
+    from modules.networks.active import ldm_names
+    from modules.networks.lora import build_module_index, load_network
+    from modules.networks.patcher import NetworkPatch, WeightPatcher
+    from modules.models.export import save_safetensors
+
+    models = {"unet": model.unet, "te1": model.text_encoders[0]}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "rank.safetensors"
+        save_safetensors(kohya_lora(models, rank), path)
+        network = load_network(path, build_module_index(models, ldm_names(model.unet)))
+    patcher = WeightPatcher(models)
+    full = [NetworkPatch(network)]
+    first = median_of(1, patcher.release_backups, lambda: patcher.apply(full), "cpu")[0]
+    apply = median_of(repeats, patcher.remove_all, lambda: patcher.apply(full), "cpu")[0]
+    remove = median_of(repeats, lambda: patcher.apply(full), patcher.remove_all, "cpu")[0]
+    patcher.release_backups()
+    print(f"LoRA rank {rank} ({len(network.updates)} weights): first apply (with backups) {first:.2f} s, "
+          f"apply median {apply:.2f} s, remove median {remove:.2f} s (target apply <= 0.5 s)")
 
 
 if __name__ == "__main__":
