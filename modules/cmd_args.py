@@ -70,6 +70,7 @@ class LaunchOptions:
     device: str | None
     allow_pickle: bool
     server: ServerOptions = ServerOptions()
+    controlnet_dir: Path | None = None  # None: models/ControlNet beside the checkpoint folder
 
     @property
     def config_path(self) -> Path:
@@ -146,6 +147,8 @@ def build_parser(root: Path = REPO_ROOT, commands: Mapping[str, str] | None = No
                        help="folder searched for VAE files (default: models/VAE)")
     paths.add_argument("--lora-dir", type=_directory, default=root / "models" / "Lora", metavar="DIR",
                        help="folder searched for LoRA files (default: models/Lora)")
+    paths.add_argument("--controlnet-dir", type=_directory, default=root / "models" / "ControlNet", metavar="DIR",
+                       help="folder searched for ControlNet models (default: models/ControlNet)")
     paths.add_argument("--embeddings-dir", type=_directory, default=root / "embeddings", metavar="DIR",
                        help="folder searched for textual-inversion embeddings (default: embeddings)")
     paths.add_argument("--data-dir", type=_directory, default=root / "data", metavar="DIR",
@@ -235,6 +238,7 @@ def options_from_namespace(ns: argparse.Namespace) -> LaunchOptions:
         precision=ns.precision,
         device=None if ns.device == "auto" else ns.device,
         allow_pickle=ns.allow_pickle,
+        controlnet_dir=ns.controlnet_dir,
         server=ServerOptions(
             port=ns.port, listen=ns.listen, server_name=ns.server_name, share=ns.share, gradio_auth=ns.gradio_auth,
             gradio_auth_path=ns.gradio_auth_path, api=ns.api or ns.nowebui, api_auth=ns.api_auth,
