@@ -15,6 +15,7 @@ Images are drawn with Pillow at ``supersample``× the resolution and box-filtere
 from __future__ import annotations
 
 import itertools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -142,3 +143,147 @@ def caption(scene: Scene, rng: np.random.Generator, drop_prob: float = 0.15, emp
     if keep[4]:
         text += f", {scene.position}"
     return text
+
+
+# --------------------------------------------------------------------------- demo-network concepts
+# Two things the base model never sees, taught by the demo LoRA ("star") and the demo embedding ("checkered").
+# ``render`` and the scenes above stay as they are; the functions below extend them.
+
+STAR = "star"
+STAR_INNER_RATIO = 0.382  # inner / outer radius of a regular five-pointed star
+CHECKERED = "checkered"
+CHECKER_COLOR = "black"  # the second color of checkered backgrounds (never a shape or background color there)
+CHECKER_CELLS = 4  # checks per image side: 16 px cells at 64 px, i.e. 2×2 latent pixels per check
+
+
+@dataclass(frozen=True)
+class ConceptScene(Scene):
+    """A scene that may also use the demo concepts: ``shape`` "star", ``pattern`` "checkered" (or "plain")."""
+
+    pattern: str = "plain"
+
+
+def star_points(cx: float, cy: float, side: float) -> list[tuple[float, float]]:
+    """The 10 corners of an apex-up five-pointed star whose bounding box is ``side`` wide, centred on (cx, cy)."""
+    outer = side / (2 * math.sin(math.radians(72)))
+    height = outer * (1 + math.cos(math.radians(36)))
+    top = cy - height / 2
+    centre_y = top + outer
+    points = []
+    for k in range(10):
+        radius = outer if k % 2 == 0 else outer * STAR_INNER_RATIO
+        angle = math.radians(-90 + 36 * k)
+        points.append((cx + radius * math.cos(angle), centre_y + radius * math.sin(angle)))
+    return points
+
+
+def checker_parity(resolution: int) -> np.ndarray:
+    """(resolution, resolution) bool array: True on the checks drawn in ``CHECKER_COLOR``."""
+    cell = np.arange(resolution) * CHECKER_CELLS // resolution
+    return (cell[:, None] + cell[None, :]) % 2 == 1
+
+
+def render_concept(scene: Scene, resolution: int = 64, supersample: int = 4) -> np.ndarray:
+    """Like :func:`render`, with stars and checkered backgrounds (checks of the background color and
+    ``CHECKER_COLOR``, the top-left check in the background color). Plain non-star scenes render identically."""
+    from PIL import Image, ImageDraw
+
+    if scene.shape != STAR and getattr(scene, "pattern", "plain") == "plain":
+        return render(scene, resolution, supersample)
+    big = resolution * supersample
+    background = np.empty((big, big, 3), dtype=np.uint8)
+    background[:] = COLORS[scene.background]
+    if getattr(scene, "pattern", "plain") == CHECKERED:
+        background[checker_parity(big)] = COLORS[CHECKER_COLOR]
+    image = Image.fromarray(background)
+    draw = ImageDraw.Draw(image)
+    cx, cy, side = (v * big for v in shape_box(scene))
+    x0, y0, x1, y1 = cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2
+    fill = COLORS[scene.color]
+    if scene.shape == "circle":
+        draw.ellipse((x0, y0, x1, y1), fill=fill)
+    elif scene.shape == "square":
+        draw.rectangle((x0, y0, x1, y1), fill=fill)
+    elif scene.shape == STAR:
+        draw.polygon(star_points(cx, cy, side), fill=fill)
+    else:
+        draw.polygon([(cx, y0), (x1, y1), (x0, y1)], fill=fill)
+    return np.asarray(image.resize((resolution, resolution), Image.Resampling.BOX))
+
+
+def concept_caption(scene: Scene, rng: np.random.Generator | None = None, drop_prob: float = 0.15,
+                    background_word: str | None = None) -> str:
+    """The caption of a concept scene, e.g. ``"a large red star on a blue checkered background, left"``.
+
+    With ``rng``, size, color, background color and position are dropped independently with ``drop_prob``; the
+    shape name, the word "checkered" and ``background_word`` (a new name for the background color, e.g.
+    "midnight" for black) always stay: they are what the demo networks learn.
+    """
+    checkered = getattr(scene, "pattern", "plain") == CHECKERED
+    keep = rng.random(4) >= drop_prob if rng is not None else np.ones(4, dtype=bool)
+    words = ["a"] + [w for w, k in ((scene.size, keep[0]), (scene.color, keep[1])) if k] + [scene.shape]
+    text = " ".join(words)
+    if background_word:
+        text += f" on a {background_word} background"
+    elif keep[2] or checkered:
+        colour = f"{scene.background} " if keep[2] else ""
+        text += f" on a {colour}{CHECKERED + ' ' if checkered else ''}background"
+    if keep[3]:
+        text += f", {scene.position}"
+    return text
+
+
+def sample_concept_scene(rng: np.random.Generator, shapes: tuple[str, ...] = (STAR,), pattern: str = "plain",
+                         jitter: bool = True, background: str | None = None) -> ConceptScene:
+    """A random scene with a shape from ``shapes``, the given background ``pattern`` and (if given) background
+    color; on checkered backgrounds neither the shape nor the background has ``CHECKER_COLOR``."""
+    colors = [c for c in COLORS if pattern == "plain" or c != CHECKER_COLOR]
+    shape = shapes[rng.integers(len(shapes))]
+    if background is None:
+        color, background = (colors[i] for i in rng.choice(len(colors), size=2, replace=False))
+    else:
+        others = [c for c in colors if c != background]
+        color = others[rng.integers(len(others))]
+    position = POSITIONS[rng.integers(len(POSITIONS))]
+    size = SIZES[rng.integers(len(SIZES))]
+    dx = dy = 0.0
+    scale = 1.0
+    if jitter:
+        dx, dy = (float(v) for v in rng.uniform(-JITTER_SHIFT, JITTER_SHIFT, size=2))
+        scale = 1.0 + float(rng.uniform(-JITTER_SCALE, JITTER_SCALE))
+    return ConceptScene(shape, color, background, position, size, dx, dy, scale, pattern)
+
+
+def write_captioned_folder(folder, scenes: list[Scene], captions: list[str], resolution: int = 64) -> int:
+    """Render ``scenes`` into ``folder`` as ``00000.png`` + ``00000.txt`` (kohya layout); returns the count."""
+    from pathlib import Path
+
+    from PIL import Image
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    for i, (scene, text) in enumerate(zip(scenes, captions, strict=True)):
+        Image.fromarray(render_concept(scene, resolution)).save(folder / f"{i:05d}.png")
+        (folder / f"{i:05d}.txt").write_text(text + "\n", encoding="utf-8")
+    return len(scenes)
+
+
+def concept_dataset(folder, count: int, shapes: tuple[str, ...], pattern: str = "plain", seed: int = 0,
+                    regularization: float = 0.0, resolution: int = 64, background: str | None = None,
+                    background_word: str | None = None) -> int:
+    """A demo network's dataset: concept scenes (``shapes`` on ``pattern`` backgrounds, of color ``background``
+    if given, called ``background_word`` if given) with partial captions that keep the concept word, plus a
+    ``regularization`` share of ordinary scenes with the base world's training captions (so a LoRA leaves
+    prompts without the concept as they were)."""
+    rng = np.random.default_rng([seed, 11])
+    scenes, captions = [], []
+    for _ in range(count):
+        if rng.random() < regularization:
+            scene = sample_scene(rng)
+            scenes.append(scene)
+            captions.append(caption(scene, rng, empty_prob=0.0))
+        else:
+            scene = sample_concept_scene(rng, shapes, pattern, background=background)
+            scenes.append(scene)
+            captions.append(concept_caption(scene, rng, background_word=background_word))
+    return write_captioned_folder(folder, scenes, captions, resolution)
