@@ -5,6 +5,7 @@
 - first image: process start → the first 64×64 image shown in the page, clicking Generate in headless chromium.
 
 Targets (issue 6): page ≤ 6 s warm, first 64² image ≤ 10 s after start. Uses tiny checkpoints unless --ckpt-dir.
+The load average is printed before and after: on a shared machine the numbers scale with it.
 Run: python bench/bench_startup.py [--ckpt-dir DIR] [--runs 3] [--steps 4]
 """
 from __future__ import annotations
@@ -79,6 +80,7 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=3, help="warm starts to time (median reported)")
     parser.add_argument("--steps", type=int, default=4, help="sampling steps of the first image")
     args = parser.parse_args()
+    load_before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-startup-") as tmp:
         root = Path(tmp)
         dirs = write_models(root)
@@ -97,6 +99,8 @@ def main() -> int:
                 browser = p.chromium.launch(executable_path=str(chromium), args=CHROMIUM_FLAGS, headless=True)
                 _, image = time_to_first_image(root, dirs, browser, args.steps)
                 browser.close()
+    loads = " ".join(f"{x:.1f}" for x in load_before), " ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"load average (1/5/15 min): {loads[0]} before, {loads[1]} after, on {os.cpu_count()} cores")
     print(f"cold start to HTTP 200 on /:             {cold:6.2f} s")
     print(f"warm start (--skip-install), median {args.runs}: {warm:6.2f} s   target {PAGE_TARGET_S:.0f} s, "
           f"ratio {warm / PAGE_TARGET_S:.2f}")

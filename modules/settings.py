@@ -37,6 +37,16 @@ class Settings:
     show_progress_every_n_steps: int = 1
     # inpainting
     inpainting_mask_weight: float = 1.0
+    # paths ("" = the default folder under the data folder's outputs/; relative paths are below the data folder)
+    outdir_samples: str = ""  # every kind's images go here when set
+    outdir_txt2img_samples: str = ""
+    outdir_img2img_samples: str = ""
+    outdir_grids: str = ""  # every kind's grids go here when set
+    outdir_txt2img_grids: str = ""
+    outdir_img2img_grids: str = ""
+    outdir_save: str = ""  # the Save button's folder
+    # user interface
+    quicksettings_list: tuple[str, ...] = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")
 
     def with_overrides(self, overrides: dict | None) -> "Settings":
         """A copy with ``overrides`` applied; unknown names or wrong types raise ValueError naming the option."""
@@ -46,6 +56,23 @@ class Settings:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def output_dir(self, kind: str, data_dir: Path) -> Path:
+        """Where images of ``kind`` go: "txt2img", "img2img", "txt2img-grids", "img2img-grids" or "save" (the
+        Save button). The Paths settings decide; empty ones mean ``<data_dir>/outputs/<kind>-images`` (grids:
+        ``<kind>-grids``, save: ``saved``); relative paths are taken below ``data_dir``."""
+        base, _, grids = kind.partition("-")
+        if kind == "save":
+            chosen, default = self.outdir_save, "saved"
+        elif grids:
+            chosen = self.outdir_grids or getattr(self, f"outdir_{base}_grids", "")
+            default = f"{base}-grids"
+        else:
+            chosen = self.outdir_samples or getattr(self, f"outdir_{base}_samples", "")
+            default = f"{base}-images"
+        if base not in ("txt2img", "img2img", "save") or (grids and grids != "grids"):
+            raise ValueError(f"unknown output kind {kind!r}")
+        return Path(data_dir) / (Path(chosen).expanduser() if chosen else Path("outputs") / default)
 
 
 _FIELDS = {f.name: f for f in fields(Settings)}
@@ -70,8 +97,15 @@ def _validated(values: dict) -> dict:
             elif kind is str:
                 if not isinstance(value, str):
                     raise TypeError
+            elif kind is tuple:
+                if isinstance(value, str):
+                    value = [v.strip() for v in value.split(",") if v.strip()]
+                if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+                    raise TypeError
+                value = tuple(value)
         except (TypeError, ValueError):
-            raise ValueError(f"setting {name!r} must be {kind.__name__}, got {value!r}") from None
+            what = "a list of names" if kind is tuple else kind.__name__
+            raise ValueError(f"setting {name!r} must be {what}, got {value!r}") from None
         out[name] = value
     if out.get("CLIP_stop_at_last_layers", 1) < 1:
         raise ValueError("setting 'CLIP_stop_at_last_layers' must be >= 1")

@@ -1,22 +1,29 @@
 """The web UI in a real browser (Debian chromium driven by playwright) against the real server over tiny models."""
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
+import shutil
+import subprocess
 import time
+import zipfile
 import urllib.error
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
 from modules.system_deps import install_chromium
-from tests.webui_server import EMBEDDING_NAME, LORA_NAME, VAE_NAME, running_server
+from tests.webui_server import EMBEDDING_NAME, LORA_NAME, REPO, VAE_NAME, running_server
 
 playwright_api = pytest.importorskip("playwright.sync_api")
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+EXTENSIONS_DIR = REPO / "extensions"  # where the server installs extensions (a test one is removed afterwards)
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
 VIEWPORT = {"width": 1280, "height": 800}
@@ -39,9 +46,14 @@ def browser(chromium_path):
         b.close()
 
 
+# Per-field defaults the module's server starts with (A1111's ui-config.json keys).
+UI_DEFAULTS = {"txt2img/Sampling steps/value": 7, "txt2img/Sampling steps/maximum": 120,
+               "txt2img/Prompt/value": "a default prompt from ui-config", "img2img/Sampling steps/value": 9}
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("webui")) as s:
+    with running_server(tmp_path_factory.mktemp("webui"), data_files={"ui-config.json": json.dumps(UI_DEFAULTS)}) as s:
         yield s
 
 
@@ -98,6 +110,32 @@ def generate(page, kind: str = "txt2img", keys: str | None = None) -> str:
 
 def prompt_value(page, kind: str = "txt2img") -> str:
     return page.input_value(f"#{kind}_prompt textarea")
+
+
+def gallery_image(page, kind: str = "txt2img", index: int = 0) -> Image.Image:
+    """The gallery's image number ``index`` as the browser got it."""
+    src = page.locator(f"#{kind}_gallery img").nth(index).get_attribute("src")
+    return Image.open(io.BytesIO(page.request.get(src).body())).convert("RGB")
+
+
+def upload_to_editor(page, elem_id: str, path: Path) -> None:
+    """Upload an image into the gr.ImageEditor ``elem_id`` and wait until it shows it (zoomed to fit: not 100%)."""
+    page.set_input_files(f"#{elem_id} input[type=file]", str(path))
+    page.wait_for_function("(id) => { const t = document.getElementById(id).innerText;"
+                           " return /\\d+%/.test(t) && !/(^|\\D)100%/.test(t); }", arg=elem_id)
+
+
+def draw_stroke(page, elem_id: str, length: float = 0.4) -> None:
+    """Pick the brush of the gr.ImageEditor ``elem_id`` and drag a horizontal stroke through the canvas centre."""
+    page.click(f"#{elem_id} button[aria-label=Brush]")
+    canvas = page.locator(f"#{elem_id} canvas").first
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    x, y, half = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, box["width"] * length / 2
+    page.mouse.move(x - half, y)
+    page.mouse.down()
+    page.mouse.move(x + half, y)
+    page.mouse.up()
 
 
 def test_txt2img_prompt_sampler_generate_shows_image_and_infotext(page):
@@ -238,7 +276,7 @@ def test_inpaint_with_uploaded_mask(page, tmp_path):
 def test_png_info_send_to_txt2img_fills_fields(page, tmp_path):
     from modules.image_io import save_image
 
-    text = ("a lighthouse at dusk\nNegative prompt: fog\nSteps: 7, Sampler: Euler, Schedule type: Karras, "
+    text = ("a lighthouse at dusk\nNegative prompt: fog\nSteps: 11, Sampler: Euler, Schedule type: Karras, "
             "CFG scale: 4.5, Seed: 4242, Size: 64x64, Model: tiny-alpha")
     path = save_image(Image.new("RGB", (64, 64)), tmp_path / "made.png", infotext=text)
     page.get_by_role("tab", name="PNG Info").click()
@@ -249,7 +287,7 @@ def test_png_info_send_to_txt2img_fills_fields(page, tmp_path):
     page.wait_for_function("() => document.querySelector('#txt2img_prompt textarea').value === 'a lighthouse at dusk'")
     assert page.input_value("#txt2img_neg_prompt textarea") == "fog"
     assert page.input_value("#txt2img_seed input") == "4242"
-    assert page.input_value("#txt2img_steps input[type=number]") == "7"
+    assert page.input_value("#txt2img_steps input[type=number]") == "11"
     assert page.input_value("#txt2img_sampling input") == "Euler"
     assert page.input_value("#txt2img_scheduler input") == "Karras"
     assert page.locator("#txt2img_generate").is_visible()  # the txt2img tab is shown
@@ -272,6 +310,191 @@ def test_setting_survives_reload(page, server):
     page.click("#settings_defaults")
     page.wait_for_function(
         "() => document.querySelector('#setting_page_show_progress_every_n_steps input').value === '1'")
+
+
+def test_ui_config_defaults_fill_the_fields_and_the_defaults_section_saves_new_ones(page, server):
+    assert prompt_value(page) == UI_DEFAULTS["txt2img/Prompt/value"]
+    assert page.input_value("#txt2img_steps input[type=number]") == "7"
+    assert page.get_attribute("#txt2img_steps input[type=range]", "max") == "120"
+    saved = json.loads((server.data_dir / "ui-config.json").read_text())
+    assert saved["txt2img/Sampling steps/value"] == 7 and saved["txt2img/Width/value"] == 512  # missing keys added
+    page.get_by_role("tab", name="img2img").first.click()
+    assert page.input_value("#img2img_steps input[type=number]") == "9"
+    page.get_by_role("tab", name="txt2img").first.click()
+    set_number(page, "txt2img_steps", 12)
+    page.get_by_role("tab", name="Settings").click()
+    page.click("#settings_ui_defaults_view")
+    page.wait_for_function("() => document.querySelector('#settings_ui_defaults_result').innerText"
+                           ".includes('txt2img/Sampling steps/value')")
+    assert "12" in page.inner_text("#settings_ui_defaults_result")
+    assert "Prompt" not in page.inner_text("#settings_ui_defaults_result")  # unchanged fields are not listed
+    page.click("#settings_ui_defaults_apply")
+    page.wait_for_function("() => document.querySelector('#settings_ui_defaults_result').innerText"
+                           ".includes('defaults saved')")
+    assert json.loads((server.data_dir / "ui-config.json").read_text())["txt2img/Sampling steps/value"] == 12
+
+
+def test_last_prompts_survive_a_reload(page):
+    page.fill("#txt2img_prompt textarea", "kept across reloads")
+    page.fill("#txt2img_neg_prompt textarea", "blurry")
+    page.get_by_role("tab", name="img2img").first.click()
+    page.fill("#img2img_prompt textarea", "img2img keeps its own")
+    page.reload()
+    page.wait_for_function("() => document.querySelector('#txt2img_prompt textarea')?.value === "
+                           "'kept across reloads'")
+    assert page.input_value("#txt2img_neg_prompt textarea") == "blurry"
+    small_job(page, steps=2)
+    assert generate(page).startswith("kept across reloads\nNegative prompt: blurry")  # the server got them too
+    page.get_by_role("tab", name="img2img").first.click()
+    page.wait_for_function("() => document.querySelector('#img2img_prompt textarea')?.value === "
+                           "'img2img keeps its own'")
+
+
+def zip_pngs(page, kind: str = "txt2img") -> dict[str, Image.Image]:
+    """Click Zip and download it: seed (from the file name) -> image, for each PNG in it."""
+    page.evaluate(f"() => document.querySelectorAll('#{kind}_zip_file a').forEach(a => a.remove())")
+    page.click(f"#{kind}_zip")
+    link = page.locator(f"#{kind}_zip_file a").first
+    link.wait_for()
+    with zipfile.ZipFile(io.BytesIO(page.request.get(link.get_attribute("href")).body())) as z:
+        names = z.namelist()
+        assert all(n.endswith(".png") for n in names), names
+        return {n.rsplit("-", 1)[1][:-4]: Image.open(io.BytesIO(z.read(n))).convert("RGB") for n in names}
+
+
+def test_skip_ends_the_current_image_and_the_batch_goes_on_and_zip_holds_the_pngs(page):
+    page.fill("#txt2img_prompt textarea", "skipping")
+    small_job(page, steps=20)
+    set_number(page, "txt2img_seed", 1234)
+    set_number(page, "txt2img_batch_count", 2)
+    page.click("#txt2img_generate")
+    page.wait_for_function("() => /Step [1-9]\\/40/.test(document.querySelector('#txt2img_progress').innerText)")
+    page.click("#txt2img_skip")
+    page.wait_for_selector("#txt2img_info .sd-infotext")
+    assert "Interrupted" not in page.inner_text("#txt2img_info")
+    skipped = zip_pngs(page)
+    assert sorted(skipped) == ["1234", "1235"]
+    generate(page)  # the same job without skipping
+    full = zip_pngs(page)
+    assert sorted(full) == ["1234", "1235"]
+    assert skipped["1235"].tobytes() == full["1235"].tobytes()  # the next image was made in full
+    assert skipped["1234"].tobytes() != full["1234"].tobytes()  # the skipped one was cut short
+
+
+def test_gallery_save_to_the_paths_folder_and_send_to_img2img_and_inpaint(page, server, tmp_path):
+    folder = tmp_path / "saved-here"
+    page.get_by_role("tab", name="Settings").click()
+    page.fill("#setting_page_outdir_save input, #setting_page_outdir_save textarea", str(folder))
+    page.click("#settings_submit")
+    page.wait_for_function("() => document.querySelector('#settings_result').innerText.includes('outdir_save')")
+    assert stored_setting(server, "outdir_save", str(folder))
+    page.get_by_role("tab", name="txt2img").first.click()
+    page.fill("#txt2img_prompt textarea", "send me")
+    small_job(page)
+    generate(page)
+    page.click("#txt2img_save")
+    page.wait_for_selector("text=/Saved .*\\.png/")
+    assert len(list(folder.glob("*.png"))) == 1
+    page.click("#txt2img_send_to_img2img")
+    page.wait_for_selector("#img2img_image img")
+    assert page.input_value("#img2img_prompt textarea") == "send me"
+    assert page.input_value("#img2img_steps input[type=number]") == "3"
+    page.get_by_role("tab", name="txt2img").first.click()
+    page.click("#txt2img_send_to_inpaint")
+    page.wait_for_selector("#img2img_mask_blur", state="visible")  # the inpaint sub-tab is shown
+    draw_stroke(page, "img2img_inpaint")
+    info = generate(page, "img2img")  # fails with "upload an image" unless the sent image arrived
+    assert "Mask blur: 4" in info, info
+
+
+def test_drawn_mask_inpaint_changes_only_the_masked_area_and_sketch_generates(page, tmp_path):
+    source = tmp_path / "source.png"
+    Image.new("RGB", (64, 64), (20, 90, 200)).save(source)
+    page.get_by_role("tab", name="img2img").first.click()
+    page.get_by_role("tab", name="Inpaint", exact=True).click()
+    upload_to_editor(page, "img2img_inpaint", source)
+    draw_stroke(page, "img2img_inpaint", length=0.3)
+    page.fill("#img2img_prompt textarea", "repaint the stroke")
+    small_job(page, "img2img")
+    set_number(page, "img2img_mask_blur", 0)
+    set_number(page, "img2img_denoising_strength", 1)
+    assert "Mask blur: 0" in generate(page, "img2img")
+    out, original = np.asarray(gallery_image(page, "img2img")).astype(int), np.asarray(Image.open(source)).astype(int)
+    changed = np.abs(out - original).sum(axis=-1) > 0
+    assert changed[32, 28:36].all()  # under the stroke through the middle
+    assert not changed[:4].any() and not changed[-4:].any()  # far from it: the original pixels, exactly
+    shot(page, "inpaint-drawn")
+    page.get_by_role("tab", name="Sketch", exact=True).click()
+    upload_to_editor(page, "img2img_sketch", source)
+    draw_stroke(page, "img2img_sketch")
+    assert "Denoising strength: 1" in generate(page, "img2img")
+
+
+def git_repo(folder: Path) -> Path:
+    """A local git repository holding an extension that adds a tab (cloned offline through its path)."""
+    (folder / "scripts").mkdir(parents=True)
+    (folder / "scripts" / "hello.py").write_text(
+        "from modules.extensions import UiTab\n\n\ndef register(api):\n"
+        "    api.on_ui_tabs(lambda: UiTab('Hello ext', 'hello_ext', markdown='Hello from a cloned extension'))\n")
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@example.invalid", "-C", str(folder)]
+    for args in (["init", "-q"], ["add", "-A"], ["commit", "-qm", "an extension"]):
+        subprocess.run([*git, *args], check=True, capture_output=True)
+    return folder
+
+
+def test_install_from_local_git_repo_then_apply_and_restart_loads_it_and_quick_settings(browser, server, tmp_path):
+    """Last of the tests on the module's server: it restarts that server (same process, same port)."""
+    name = f"test-installed-{os.getpid()}"
+    target = EXTENSIONS_DIR / name
+    assert not target.exists()
+    repo = git_repo(tmp_path / "hello-ext")
+    context = browser.new_context(viewport=VIEWPORT)
+    page = context.new_page()
+    page.set_default_timeout(TIMEOUT_MS)
+    errors = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    try:
+        page.goto(server.url + "/")
+        page.wait_for_selector("#txt2img_generate")
+        page.get_by_role("tab", name="Extensions").click()
+
+        def install(url: str, folder: str = "") -> str:  # each answer differs from the one before
+            page.fill("#extension_install_url input, #extension_install_url textarea", url)
+            page.fill("#extension_install_name input, #extension_install_name textarea", folder)
+            answer = "#extension_install_result :is(.sd-ok, .sd-error)"
+            before = page.inner_text(answer) if page.locator(answer).count() else ""
+            page.click("#extension_install_button")
+            page.wait_for_function("([sel, before]) => { const e = document.querySelector(sel);"
+                                   " return e && e.innerText !== before; }", arg=[answer, before])
+            return page.inner_text(answer)
+
+        assert "git clone failed" in install(str(tmp_path / "no-such-repo"), name)
+        assert not target.exists()
+        assert "Invalid extension folder name" in install(str(repo), "../escape")
+        assert "Installed into" in install(f"file://{repo}", name)
+        assert (target / "scripts" / "hello.py").is_file()
+        assert "already exists" in install(str(repo), name)
+        shot(page, "extensions")
+        page.get_by_role("tab", name="Settings").click()
+        page.click("#setting_page_quicksettings_list input")
+        page.get_by_role("option", name="emphasis", exact=True).click()
+        page.click("#settings_submit")
+        page.wait_for_function("() => document.querySelector('#settings_result').innerText"
+                               ".includes('changed: quicksettings_list')")
+        assert "emphasis" in json.loads((server.data_dir / "config.json").read_text())["quicksettings_list"]
+        page.get_by_role("tab", name="Extensions").click()
+        page.click("#extensions_apply")  # the page reloads by itself once the restarted server answers
+        page.get_by_role("tab", name="Hello ext").click(timeout=300_000)
+        page.wait_for_selector("text=Hello from a cloned extension")
+        assert page.locator("#setting_emphasis").is_visible()  # the new quick setting, in the top bar
+        page.get_by_role("tab", name="Extensions").click()
+        assert name in page.inner_text("#extensions_table")
+        assert server.process.poll() is None  # the same process, restarted in place
+        # the page polls the server while it restarts; failed polls are the only errors allowed
+        assert [e for e in errors if "ERR_CONNECTION_REFUSED" not in e] == []
+    finally:
+        context.close()
+        shutil.rmtree(target, ignore_errors=True)
 
 
 def test_cross_origin_post_is_rejected(server):
@@ -301,8 +524,8 @@ def test_exposed_server_without_credentials_or_internet_refuses_to_start(tmp_pat
     assert message in str(failure.value)
 
 
-def test_gradio_auth_login_page_rejects_wrong_credentials(browser, tmp_path):
-    with running_server(tmp_path, ("--gradio-auth", "alice:wonder")) as s:
+def test_gradio_auth_login_page_rejects_wrong_credentials_and_extension_install_is_refused(browser, tmp_path):
+    with running_server(tmp_path, ("--listen", "--gradio-auth", "alice:wonder")) as s:
         context = browser.new_context(viewport=VIEWPORT)
         pg = context.new_page()
         pg.set_default_timeout(TIMEOUT_MS)
@@ -321,4 +544,7 @@ def test_gradio_auth_login_page_rejects_wrong_credentials(browser, tmp_path):
         assert pg.locator("#txt2img_generate").count() == 0
         login("wonder")
         pg.wait_for_selector("#txt2img_generate")
+        pg.get_by_role("tab", name="Extensions").click()  # listening on the network: no installing from a URL
+        assert "--enable-insecure-extension-access" in pg.inner_text("#extensions_install_refused")
+        assert pg.locator("#extension_install_button").count() == 0
         context.close()

@@ -106,9 +106,12 @@ def launch_args(root: Path, dirs: dict[str, Path], port: int, extra: tuple[str, 
 
 
 @contextmanager
-def running_server(root: Path, extra: tuple[str, ...] = (), timeout: float = 120):
-    """Start the server process, wait for HTTP on "/", yield it, stop it."""
+def running_server(root: Path, extra: tuple[str, ...] = (), timeout: float = 120, data_files: dict | None = None):
+    """Start the server process, wait for HTTP on "/", yield it, stop it. ``data_files`` (name -> text) are written
+    into the data folder first (e.g. ui-config.json)."""
     dirs = write_models(root)
+    for name, text in (data_files or {}).items():
+        (dirs["data"] / name).write_text(text, encoding="utf-8")
     port = free_port()
     log_path = root / f"server-{port}.log"
     env = {**os.environ, "COMMANDLINE_ARGS": "", "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1",

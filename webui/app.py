@@ -1,16 +1,22 @@
-"""Application start: build the state, queue the default checkpoint's load, serve the web UI meanwhile."""
+"""Application start: build the state, queue the default checkpoint's load, serve the web UI meanwhile.
+
+Start-up order matters on a machine with few cores: the cheap refusal checks come before any heavy import, and the
+web UI's packages (gradio, fastapi, uvicorn) are imported in a thread while the main thread imports the engine
+(torch) and builds the state.
+"""
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 import time
 
-from modules.app_state import create_state, default_checkpoint
 from modules.cmd_args import LaunchOptions
-from modules.extensions import load_extensions
-from modules.models.safetensors_file import ModelFileError
 
 log = logging.getLogger("sdwebui")
+# Imported in a thread beside the engine's imports. Third-party packages only: two threads importing modules that
+# import each other could deadlock on the import locks.
+UI_MODULES = ("gradio", "fastapi", "uvicorn")
 
 
 def start_model_load(state, after: threading.Event | None = None, wait_s: float = 30):
@@ -19,6 +25,9 @@ def start_model_load(state, after: threading.Event | None = None, wait_s: float 
     With ``after``, the load waits (up to ``wait_s``) until that event is set, e.g. until the server listens, so
     that the page is served first on a machine with few cores.
     """
+    from modules.app_state import default_checkpoint
+    from modules.models.safetensors_file import ModelFileError
+
     started = time.perf_counter()
     options = state.options
 
@@ -45,17 +54,45 @@ def start_model_load(state, after: threading.Event | None = None, wait_s: float 
     return state.queue.submit(load, "load model")
 
 
+def _import_ahead(names: tuple[str, ...]) -> threading.Thread:
+    """Import ``names`` in a daemon thread (errors are left for the main thread's own import to raise)."""
+
+    def run():
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except Exception:  # noqa: BLE001
+                return
+
+    thread = threading.Thread(target=run, name="import-ahead", daemon=True)
+    thread.start()
+    return thread
+
+
 def main(options: LaunchOptions) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    from .server import check_startup, serve
+    from .server import check_startup
 
     problem = check_startup(options.server)
     if problem:
         log.error("%s", problem)
         return 2
+    if not options.server.nowebui:
+        _import_ahead(UI_MODULES)
+    from modules.app_state import create_state
+    from modules.extensions import load_extensions
+
+    from .restart import Restarter, exec_again
+    from .server import serve
+
     state = create_state(options)
     load_extensions(state)
     log.info("device %s, weights %s, VAE %s, offload %s", state.plan.device, state.plan.dtype, state.plan.vae_dtype,
              state.plan.offload)
     listening = threading.Event()
-    return serve(state, start_model_load(state, after=listening), on_started=listening.set)
+    restarter = Restarter()
+    status = serve(state, start_model_load(state, after=listening), on_started=listening.set, restarter=restarter)
+    if restarter.requested.is_set():
+        log.info("restarting")
+        exec_again()
+    return status

@@ -46,6 +46,8 @@ class UiContext:
     tooltips: dict[str, str] = field(default_factory=dict)
     tabs: dict = field(default_factory=dict)  # kind -> GenerationTab, filled while building
     top_bar: object = None  # webui.top_bar.TopBar
+    ui_config: object = None  # webui.ui_config.UiConfig (ui-config.json)
+    restarter: object = None  # webui.restart.Restarter
 
     def tip(self, elem_id: str, text: str) -> str:
         """Register a tooltip for the element id and return the id (used inline as ``elem_id=ctx.tip(...)``)."""

@@ -1,10 +1,12 @@
-"""Extensions tab: installed extensions with enable/disable (applied on restart) and their load errors."""
+"""Extensions tab: installed extensions with enable/disable, their load errors, install from a git URL, and
+"Apply and restart UI" (saves the choice and restarts the server in place)."""
 from __future__ import annotations
 
 import html
 
 import gradio as gr
 
+from webui import extension_install, restart
 from webui.context import UiContext
 
 
@@ -29,12 +31,8 @@ def build(ctx: UiContext) -> None:
                                label="Enabled extensions", elem_id=ctx.tip("extensions_enabled",
                                                                            "Tick to enable; applied on restart"))
     apply = gr.Button("Apply and restart UI", variant="primary",
-                      elem_id=ctx.tip("extensions_apply", "Save the choice; restart the server to load it"))
-    local = ctx.state.options.server.host in ("127.0.0.1", "localhost")
-    allowed = local or ctx.state.options.server.enable_insecure_extension_access
-    gr.Markdown("Install from URL: " + ("clone the repository into `extensions/` (needs git and network access)."
-                                        if allowed else "disabled on a non-local server; start with "
-                                        "`--enable-insecure-extension-access` to allow it."))
+                      elem_id=ctx.tip("extensions_apply", "Save the choice and restart the server to load it"))
+    message = gr.HTML(elem_id="extensions_message")
 
     def do_apply(names):
         setter = getattr(registry, "set_enabled", None)
@@ -42,7 +40,38 @@ def build(ctx: UiContext) -> None:
             raise gr.Error("This build has no extension system to configure")
         for ext in extensions:
             setter(ext.name, ext.name in (names or []))
-        gr.Info("Saved; restart the server (python launch.py) to apply")
         return _rows(list(registry))
 
-    apply.click(do_apply, enabled, table)
+    restart.wire(ctx, apply.click(do_apply, enabled, table), message)
+    _install_panel(ctx, registry)
+
+
+def _install_panel(ctx: UiContext, registry) -> None:
+    refusal = extension_install.install_refusal(ctx.state.options.server)
+    dirs = getattr(registry, "dirs", None) or []
+    with gr.Accordion("Install from URL", open=True, elem_id="extensions_install"):
+        if refusal or not dirs:
+            gr.HTML(f"<div class='sd-warning'>{html.escape(refusal or 'No extensions folder to install into.')}"
+                    "</div>", elem_id="extensions_install_refused")
+            return
+        gr.Markdown(f"Clones a git repository into `{dirs[0]}`; it is loaded after **Apply and restart UI**. "
+                    "Needs git, and network access for a remote URL.")
+        with gr.Row():
+            url = gr.Textbox(label="URL for extension's git repository", scale=4, elem_id=ctx.tip(
+                "extension_install_url", "https://…, git@host:owner/repo.git, file://… or a local path"))
+            name = gr.Textbox(label="Local directory name", scale=2, placeholder="Leave empty for auto",
+                              elem_id=ctx.tip("extension_install_name", "Folder name under extensions/ (default: "
+                                              "the repository's name)"))
+        install = gr.Button("Install", variant="primary", elem_id=ctx.tip("extension_install_button",
+                                                                        "Clone the repository into extensions/"))
+        result = gr.HTML(elem_id="extension_install_result")
+
+    def do_install(url_text, folder_name):
+        try:
+            path = extension_install.install(url_text, dirs[0], folder_name)
+        except extension_install.InstallError as e:
+            return f"<div class='sd-error'>{html.escape(str(e))}</div>"
+        return (f"<div class='sd-ok'>Installed into {html.escape(str(path))}. Use <b>Apply and restart UI</b> to "
+                "load it.</div>")
+
+    install.click(do_install, [url, name], result, show_progress="hidden")

@@ -155,7 +155,7 @@ def _sampling_controls(ctx: UiContext, tab: GenerationTab):
 
 
 def _img2img_controls(ctx: UiContext, tab: GenerationTab):
-    kind, f = tab.kind, tab.fields
+    f = tab.fields
     f["resize_mode"] = gr.Radio(list(RESIZE_MODES), value=RESIZE_MODES[0], label="Resize mode",
                                 elem_id=ctx.tip("img2img_resize_mode", "How the input is fitted to the new size"))
     with gr.Row():
@@ -197,8 +197,8 @@ def _output_panel(ctx: UiContext, tab: GenerationTab):
         folder = gr.Button("📂", min_width=40, elem_id=ctx.tip(f"{kind}_open_folder",
                                                               "Open the images folder (on this computer only)"),
                            interactive=ctx.state.options.server.host in ("127.0.0.1", "localhost"))
-        save = gr.Button("💾 Save", min_width=40, elem_id=ctx.tip(f"{kind}_save",
-                                                                  "Save the selected image to outputs/saved"))
+        save = gr.Button("💾 Save", min_width=40, elem_id=ctx.tip(
+            f"{kind}_save", "Save the selected image to the Save button's folder (Settings → Paths)"))
         zip_button = gr.Button("🗜️ Zip", min_width=40, elem_id=ctx.tip(f"{kind}_zip",
                                                                      "Download all images of the last job as a zip"))
         for target in ("img2img", "inpaint"):
@@ -230,7 +230,7 @@ def _output_panel(ctx: UiContext, tab: GenerationTab):
         if not out.images:
             raise gr.Error("No image to save yet")
         i = min(out.selected, len(out.images) - 1)
-        folder_path = ctx.state.options.outputs_dir / "saved"
+        folder_path = ctx.state.settings.current.output_dir("save", ctx.state.options.data_dir)
         path = save_image(out.images[i], folder_path / f"{time.strftime('%Y%m%d-%H%M%S')}-{out.seeds[i]}.png",
                           infotext=out.infotexts[i])
         gr.Info(f"Saved {Path(path).name}")
@@ -239,7 +239,7 @@ def _output_panel(ctx: UiContext, tab: GenerationTab):
         import subprocess
         import sys
 
-        folder_path = ctx.state.options.outputs_dir / f"{kind}-images"
+        folder_path = ctx.state.settings.current.output_dir(kind, ctx.state.options.data_dir)
         folder_path.mkdir(parents=True, exist_ok=True)
         opener = {"darwin": "open", "win32": "explorer"}.get(sys.platform, "xdg-open")
         try:
@@ -266,6 +266,7 @@ def _run(ctx: UiContext, tab: GenerationTab, data: dict, request: gr.Request, sc
         yield gr.skip(), info_html("", error=str(e)), "", gr.update(visible=False)
         return
     out.job = job
+    yield gr.skip(), "", progress_html(job.progress, ctx.state.queue.position(job)), gr.skip()  # old info goes
     preview_step = -1
     shown = 0
     while not job.done:
@@ -349,7 +350,7 @@ def build_generation_tab(ctx: UiContext, kind: str) -> GenerationTab:
         def act(request: gr.Request):
             job = ctx.outputs.get(request.session_hash, kind).job
             if job is not None and not job.done:
-                getattr(job, action)()
+                getattr(job.progress, action)()
         return act
 
     interrupt.click(control("interrupt"), None, None, queue=False)

@@ -8,13 +8,12 @@ import socket
 import time
 from pathlib import Path
 
-from fastapi import FastAPI
-
 from modules.api.security import install_security
 
 log = logging.getLogger("sdwebui")
 
 SHARE_SERVER = ("api.gradio.app", 443)
+GRACEFUL_SHUTDOWN_S = 3  # open pages keep event streams open; stop waiting for them after this
 
 
 class ExposureError(RuntimeError):
@@ -58,12 +57,15 @@ def check_exposure(server) -> str | None:
            "machine can use it"
 
 
-def create_app(state, startup_job=None) -> FastAPI:
+def create_app(state, startup_job=None, restarter=None):
     """One app: API router (--api), security middleware (auth, Origin/Host, CORS, body limit), the Gradio UI
     (unless --nowebui), then the extensions' ``app_started`` callbacks.
 
     ``startup_job`` is the queued model load started by the application; the page says "loading" until it is done.
+    ``restarter`` (webui.restart.Restarter) lets the UI's restart buttons stop the server for a restart.
     """
+    from fastapi import FastAPI
+
     server = state.options.server
     os.environ.setdefault("GRADIO_TEMP_DIR", str(state.options.data_dir / "tmp" / "gradio"))
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -79,7 +81,7 @@ def create_app(state, startup_job=None) -> FastAPI:
 
         from webui.ui import build_ui
 
-        demo, assets = build_ui(state, startup_job)
+        demo, assets = build_ui(state, startup_job, restarter)
         auth = parse_credentials(server.gradio_auth, server.gradio_auth_path) or None
         gr.mount_gradio_app(app, demo, path=server.subpath or "/", auth=auth, root_path=server.subpath or None,
                             css=assets.css, head=assets.head, theme=assets.theme, footer_links=["settings"],
@@ -112,23 +114,32 @@ def check_startup(server) -> str | None:
     return share_unavailable() if server.share else None
 
 
-def serve(state, startup_job=None, on_started=None) -> int:
+def serve(state, startup_job=None, on_started=None, restarter=None) -> int:
     """Build the app and run uvicorn until stopped (after :func:`check_startup` said yes); the exit status.
 
-    ``on_started()`` is called once the server accepts connections."""
+    ``on_started()`` is called once the server accepts connections. With ``restarter``, the UI may stop the server
+    for a restart (``restarter.requested`` is then set when this returns)."""
     import threading
     import webbrowser
 
     import uvicorn
 
     server = state.options.server
-    app = create_app(state, startup_job)
+    app = create_app(state, startup_job, restarter)
     scheme = "https" if server.tls_certfile else "http"
     local = f"{scheme}://{'127.0.0.1' if server.host == '0.0.0.0' else server.host}:{server.port}{server.subpath}/"
     config = uvicorn.Config(app, host=server.host, port=server.port, log_level="warning",
                             ssl_keyfile=str(server.tls_keyfile) if server.tls_keyfile else None,
-                            ssl_certfile=str(server.tls_certfile) if server.tls_certfile else None)
+                            ssl_certfile=str(server.tls_certfile) if server.tls_certfile else None,
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
     httpd = uvicorn.Server(config)
+    if restarter is not None:
+        def stop_for_restart():
+            # open pages' event streams are cut when the grace time ends; that is expected, not an error to log
+            logging.getLogger("uvicorn.error").setLevel(logging.CRITICAL)
+            httpd.should_exit = True
+
+        restarter.stop_server = stop_for_restart
 
     def announce():
         while not httpd.started:

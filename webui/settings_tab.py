@@ -1,78 +1,29 @@
-"""Settings tab: options by section with a search box, Apply, and Defaults; stored in config.json."""
+"""Settings tab: options by section with a search box, Apply, Defaults and Restart; stored in config.json. Its
+"Defaults" section saves the txt2img/img2img field values as their defaults in ui-config.json."""
 from __future__ import annotations
 
-from dataclasses import fields
+import html
 
 import gradio as gr
 
-from modules.settings import Settings
+from webui import restart
 from webui.context import UiContext
 from webui.script_controls import controls_ui
+from webui.setting_fields import KNOWN, SECTIONS, component, ui_value
 from webui.top_bar import switch_checkpoint, switch_vae
-
-SECTIONS: dict[str, dict[str, str]] = {
-    "Saving images": {
-        "samples_save": "Always save all generated images",
-        "samples_format": "File format for images",
-        "grid_save": "Always save all generated image grids",
-        "grid_format": "File format for grids",
-        "save_txt": "Create a text file with the generation parameters next to every image",
-    },
-    "Stable Diffusion": {
-        "sd_model_checkpoint": "Stable Diffusion checkpoint",
-        "sd_vae": "SD VAE",
-        "sd_checkpoints_limit": "Checkpoints to keep in RAM",
-        "CLIP_stop_at_last_layers": "Clip skip",
-        "emphasis": "Emphasis mode",
-    },
-    "Sampler parameters": {
-        "randn_source": "Random number generator source",
-        "eta_noise_seed_delta": "Eta noise seed delta (ENSD)",
-        "img2img_fix_steps": "img2img: do exactly the number of steps the slider says",
-        "initial_noise_multiplier": "Noise multiplier for img2img",
-        "inpainting_mask_weight": "Inpainting conditioning mask strength",
-    },
-    "Live previews": {
-        "live_previews_enable": "Show live previews of the image being made",
-        "show_progress_every_n_steps": "Live preview every N sampling steps",
-    },
-}
-
-CHOICES = {
-    "samples_format": ("png", "jpg", "webp"),
-    "grid_format": ("png", "jpg", "webp"),
-    "randn_source": ("CPU", "GPU"),
-    "emphasis": ("Original", "No norm", "None"),
-}
-
-
-def _component(ctx: UiContext, name: str, label: str, default):
-    elem_id = ctx.tip(f"setting_page_{name}", f"{label} ({name})")
-    if name == "sd_model_checkpoint":
-        return gr.Dropdown([i.filename for i in ctx.state.checkpoints.items()], label=label, elem_id=elem_id,
-                           allow_custom_value=True)
-    if name == "sd_vae":
-        return gr.Dropdown(ctx.state.vaes.choices(), label=label, elem_id=elem_id)
-    if name in CHOICES:
-        return gr.Dropdown(list(CHOICES[name]), label=label, elem_id=elem_id)
-    if isinstance(default, bool):
-        return gr.Checkbox(label=label, elem_id=elem_id)
-    if isinstance(default, (int, float)):
-        return gr.Number(label=label, elem_id=elem_id, precision=0 if isinstance(default, int) else None)
-    return gr.Textbox(label=label, elem_id=elem_id)
 
 
 def build(ctx: UiContext):
     """Lay out the tab; returns (load function, components) for filling values on page load."""
     state = ctx.state
-    defaults = Settings()
-    known = {f.name for f in fields(Settings)}
     components: dict[str, object] = {}
     labels: dict[str, str] = {}
     with gr.Row():
         apply = gr.Button("Apply settings", variant="primary", elem_id=ctx.tip("settings_submit",
                                                                                "Save the changes to config.json"))
         reset = gr.Button("Defaults", elem_id=ctx.tip("settings_defaults", "Restore every setting's default"))
+        restart_button = gr.Button("Restart server", elem_id=ctx.tip(
+            "settings_restart", "Restart the server with the same command line (for settings that need it)"))
         search = gr.Textbox(label="Search settings", scale=3, elem_id=ctx.tip("settings_search",
                                                                               "Show only matching settings"))
     result = gr.HTML(elem_id="settings_result")
@@ -80,8 +31,8 @@ def build(ctx: UiContext):
     for section, names in SECTIONS.items():
         with gr.Accordion(section, open=True) as blocks[section]:
             for name, label in names.items():
-                if name in known:
-                    components[name] = _component(ctx, name, label, getattr(defaults, name))
+                if name in KNOWN:
+                    components[name] = component(ctx, name, f"setting_page_{name}", label)
                     labels[name] = f"{section} {label} {name}".lower()
     core = list(components)
     extensions = state.extensions
@@ -91,14 +42,17 @@ def build(ctx: UiContext):
             components.update(controls_ui(ctx, "setting_page", section.controls, stored))
         for control in section.controls:
             labels[control.name] = f"{section.title} {control.label} {control.name}".lower()
-    section_names = {**{s: list(n) for s, n in SECTIONS.items()},
+    with gr.Accordion("Defaults", open=True) as blocks["Defaults"]:
+        _ui_defaults(ctx)
+    search_text = {"Defaults": "defaults ui-config.json default values of the txt2img and img2img fields"}
+    section_names = {"Defaults": [], **{s: list(n) for s, n in SECTIONS.items()},
                      **{s.title: [c.name for c in s.controls] for s in (extensions.settings_sections()
                                                                         if extensions is not None else [])}}
     names = list(components)
 
     def values():
         current = state.settings.current
-        return [getattr(current, n) if n in core else extensions.option(n) for n in names]
+        return [ui_value(getattr(current, n)) if n in core else extensions.option(n) for n in names]
 
     def do_apply(*new):
         before = dict(zip(names, values()))
@@ -126,11 +80,45 @@ def build(ctx: UiContext):
     def do_search(query):
         q = (query or "").strip().lower()
         updates = [gr.update(visible=not q or q in labels[n]) for n in names]
-        sections = [gr.update(visible=not q or any(q in labels[n] for n in section_names[s])) for s in blocks]
+        sections = [gr.update(visible=not q or q in search_text.get(s, "") or
+                              any(q in labels[n] for n in section_names[s])) for s in blocks]
         return updates + sections
 
     outs = [result, *components.values()]
     apply.click(do_apply, list(components.values()), outs)
     reset.click(do_reset, None, outs)
     search.change(do_search, search, [*components.values(), *blocks.values()], queue=False, show_progress="hidden")
+    restart.wire(ctx, restart_button, result)
     return values, list(components.values())
+
+
+def _changes_table(changes) -> str:
+    if not changes:
+        return "<div>No changes: the fields show the saved defaults.</div>"
+    rows = "".join(f"<tr><td>{html.escape(path)}</td><td>{html.escape(repr(old))}</td><td>{html.escape(repr(new))}"
+                   "</td></tr>" for path, old, new in changes)
+    return f"<table class='sd-defaults'><tr><th>Path</th><th>Old value</th><th>New value</th></tr>{rows}</table>"
+
+
+def _ui_defaults(ctx: UiContext):
+    """The Defaults section: compare the txt2img/img2img fields with ui-config.json, and save them as defaults."""
+    config = ctx.ui_config
+    gr.Markdown(f"The values the txt2img and img2img fields start with are kept in `{config.path.name}` in the data "
+                "folder. Set the fields as you like them, then view the changes and apply them.")
+    if config.error:
+        gr.HTML(f"<div class='sd-error'>{html.escape(config.error)}</div>")
+    with gr.Row():
+        view = gr.Button("View changes", elem_id=ctx.tip("settings_ui_defaults_view", "List the fields whose value "
+                                                         "differs from the saved default"))
+        save = gr.Button("Apply", elem_id=ctx.tip("settings_ui_defaults_apply", f"Save the current values of those "
+                                                  f"fields as their defaults in {config.path.name}"))
+    table = gr.HTML(elem_id="settings_ui_defaults_result")
+
+    def do_save(*values):
+        if config.error:
+            raise gr.Error(config.error)
+        changed = config.apply_changes(values)
+        return f"<div>{len(changed)} defaults saved to {html.escape(config.path.name)}.</div>" + _changes_table(changed)
+
+    view.click(lambda *values: _changes_table(config.changes(values)), config.components, table)
+    save.click(do_save, config.components, table)

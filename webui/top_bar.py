@@ -1,21 +1,34 @@
-"""Quick settings above the tabs: checkpoint (with refresh), VAE and clip skip; the model-loading banner."""
+"""Quick settings above the tabs (the ``quicksettings_list`` setting: by default checkpoint with refresh, VAE and
+clip skip); the model-loading banner."""
 from __future__ import annotations
 
 import html
+import logging
 from dataclasses import dataclass
 
 import gradio as gr
 
 from modules.models.safetensors_file import ModelFileError
 from webui.context import UiContext
+from webui.setting_fields import KNOWN, component, ui_value
+
+log = logging.getLogger("sdwebui")
 
 
 @dataclass
 class TopBar:
-    checkpoint: object
-    vae: object
-    clip_skip: object
+    settings: dict  # setting name -> component, in quicksettings_list order
     status: object
+
+    @property
+    def checkpoint(self):
+        return self.settings.get("sd_model_checkpoint")
+
+    def values(self, ctx: UiContext) -> list:
+        """The current values of :attr:`settings` (for filling them on page load)."""
+        state = ctx.state
+        current = {"sd_model_checkpoint": current_checkpoint(state), "sd_vae": state.models.vae_choice}
+        return [current[n] if n in current else ui_value(getattr(state.settings.current, n)) for n in self.settings]
 
 
 def checkpoint_choices(state) -> list[str]:
@@ -63,33 +76,65 @@ def status_html(ctx: UiContext) -> str:
     return f'<div class="sd-banner sd-error">The model failed to load: {html.escape(str(job.error))}</div>'
 
 
-def build(ctx: UiContext) -> TopBar:
+def _quick_setting(ctx: UiContext, name: str):
+    """One quick setting's component (the checkpoint's comes with a rescan button: (dropdown, button)); the
+    checkpoint and VAE switch models, others are stored in config.json."""
     state = ctx.state
-    with gr.Row(elem_id="quicksettings", equal_height=True):
+    if name == "sd_model_checkpoint":
         checkpoint = gr.Dropdown(checkpoint_choices(state), value=current_checkpoint(state),
                                  label="Stable Diffusion checkpoint", scale=4, elem_id=ctx.tip(
                                      "setting_sd_model_checkpoint", "The model used for every job"))
         refresh = gr.Button("🔄", scale=0, min_width=40,
                             elem_id=ctx.tip("refresh_sd_model_checkpoint", "Scan the folders for new checkpoints "
                                             "and VAEs"))
+        checkpoint.input(lambda choice: switch_checkpoint(ctx, choice), checkpoint, checkpoint)
+        return checkpoint, refresh
+    if name == "sd_vae":
         vae = gr.Dropdown(state.vaes.choices(), value=state.models.vae_choice, label="SD VAE", scale=3,
                           elem_id=ctx.tip("setting_sd_vae", "Automatic: a VAE named like the checkpoint, else its "
                                           "own; None: the checkpoint's own"))
-        clip_skip = gr.Slider(1, 12, state.settings.current.CLIP_stop_at_last_layers, step=1, label="Clip skip",
-                              scale=2, elem_id=ctx.tip("setting_CLIP_stop_at_last_layers",
-                                                       "Stop the text encoder this many layers before its end"))
+        vae.input(lambda choice: switch_vae(ctx, choice), vae, vae)
+        return vae
+    if name == "CLIP_stop_at_last_layers":
+        widget = gr.Slider(1, 12, state.settings.current.CLIP_stop_at_last_layers, step=1, label="Clip skip",
+                           scale=2, elem_id=ctx.tip("setting_CLIP_stop_at_last_layers",
+                                                    "Stop the text encoder this many layers before its end"))
+        widget.release(lambda v: state.settings.update({name: int(v)}) and None, widget, None,
+                       show_progress="hidden")
+        return widget
+    widget = component(ctx, name, f"setting_{name}", scale=2, value=ui_value(getattr(state.settings.current, name)))
+
+    def store(value):
+        try:
+            state.settings.update({name: value})
+        except ValueError as e:
+            gr.Warning(str(e))
+
+    widget.input(store, widget, None, show_progress="hidden")
+    return widget
+
+
+def build(ctx: UiContext) -> TopBar:
+    """The quick settings row (names from ``quicksettings_list`` that are core settings) and the status banner."""
+    state = ctx.state
+    wanted = state.settings.current.quicksettings_list
+    names = [n for n in wanted if n in KNOWN and n != "quicksettings_list"]
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+        log.warning("quicksettings_list: no such settings: %s", ", ".join(unknown))
+    with gr.Row(elem_id="quicksettings", equal_height=True):
+        settings = {name: _quick_setting(ctx, name) for name in dict.fromkeys(names)}
+    if "sd_model_checkpoint" in settings:
+        settings["sd_model_checkpoint"], refresh = settings["sd_model_checkpoint"]
+        vae = settings.get("sd_vae")
+
+        def rescan():
+            state.checkpoints.refresh()
+            state.vaes.refresh()
+            update = gr.update(choices=checkpoint_choices(state), value=current_checkpoint(state))
+            return [update, gr.update(choices=state.vaes.choices(), value=state.models.vae_choice)][:1 + bool(vae)]
+
+        refresh.click(rescan, None, [settings["sd_model_checkpoint"], *([vae] if vae else [])])
     status = gr.HTML(status_html(ctx), elem_id="sd_status")
-    checkpoint.input(lambda name: switch_checkpoint(ctx, name), checkpoint, checkpoint)
-    vae.input(lambda choice: switch_vae(ctx, choice), vae, vae)
-    clip_skip.release(lambda v: state.settings.update({"CLIP_stop_at_last_layers": int(v)}) and None, clip_skip,
-                      None, show_progress="hidden")
-
-    def rescan():
-        state.checkpoints.refresh()
-        state.vaes.refresh()
-        return (gr.update(choices=checkpoint_choices(state), value=current_checkpoint(state)),
-                gr.update(choices=state.vaes.choices(), value=state.models.vae_choice))
-
-    refresh.click(rescan, None, [checkpoint, vae])
-    ctx.top_bar = TopBar(checkpoint, vae, clip_skip, status)
+    ctx.top_bar = TopBar(settings, status)
     return ctx.top_bar

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from webui import extension_tabs, extensions_tab, pnginfo, settings_tab, top_bar
 from webui.context import UiContext
 from webui.generation_tab import GenerationTab, build_generation_tab, fill_updates
 from webui.img2img_inputs import INPAINT_MODES
+from webui.restart import Restarter
+from webui.ui_config import FILE_NAME as UI_CONFIG_FILE, UiConfig
 
 STATIC = Path(__file__).resolve().parent / "static"
 STATUS_POLL_SECONDS = 1.0
@@ -29,12 +32,14 @@ def _inline_script(js: str) -> str:
     return "<script>" + js.replace("</", "<\\/") + "</script>"
 
 
-def page_assets(state, tooltips: dict[str, str]) -> PageAssets:
-    """Stylesheet, the page script (Ctrl+Enter, card clicks, tooltips) and the theme, plus the extensions' own."""
+def page_assets(state, tooltips: dict[str, str], boot_id: str) -> PageAssets:
+    """Stylesheet, the page script (Ctrl+Enter, card clicks, tooltips, remembered prompts) and the theme, plus the
+    extensions' own. ``boot_id`` identifies this server process (the page reloads when it changes on restart)."""
     ext_js, ext_css = ui_assets(state)
     script = (STATIC / "script.js").read_text(encoding="utf-8")
     data = json.dumps(tooltips)
-    head = "".join(_inline_script(js) for js in (f"window.sdTooltips = {data};\n{script}", ext_js) if js)
+    head = "".join(_inline_script(js) for js in (f'window.sdBootId = "{boot_id}";\nwindow.sdTooltips = {data};\n'
+                                                 f'{script}', ext_js) if js)
     css = (STATIC / "style.css").read_text(encoding="utf-8") + ("\n" + ext_css if ext_css else "")
     return PageAssets(css, head, gr.themes.Default())
 
@@ -74,16 +79,21 @@ def _wire_sending(ctx: UiContext, main_tabs, png) -> None:
                      img2img_targets, show_progress="hidden")
 
 
-def build_ui(state, startup_job=None) -> tuple[gr.Blocks, PageAssets]:
-    """The whole UI over ``state``; ``startup_job`` is the model load in progress (the page says so until done)."""
-    ctx = UiContext(state, startup_job)
+def build_ui(state, startup_job=None, restarter: Restarter | None = None) -> tuple[gr.Blocks, PageAssets]:
+    """The whole UI over ``state``; ``startup_job`` is the model load in progress (the page says so until done);
+    ``restarter`` lets the UI restart the server. Field defaults come from ui-config.json in the data folder."""
+    ctx = UiContext(state, startup_job, ui_config=UiConfig(state.options.data_dir / UI_CONFIG_FILE),
+                    restarter=restarter or Restarter())
+    # Events run concurrently unless they say otherwise (jobs are ordered by our own queue). Read when the Blocks'
+    # queue is made; set here instead of calling demo.queue(), which would rebuild Gradio's app once more (~1 s).
+    os.environ.setdefault("GRADIO_DEFAULT_CONCURRENCY_LIMIT", "None")
     with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as demo:
         bar = top_bar.build(ctx)
         with gr.Tabs(elem_id="tabs") as main_tabs:
-            with gr.Tab("txt2img", id="txt2img", elem_id="tab_txt2img"):
-                build_generation_tab(ctx, "txt2img")
-            with gr.Tab("img2img", id="img2img", elem_id="tab_img2img"):
-                build_generation_tab(ctx, "img2img")
+            for kind in ("txt2img", "img2img"):
+                with gr.Tab(kind, id=kind, elem_id=f"tab_{kind}") as tab:
+                    build_generation_tab(ctx, kind)
+                ctx.ui_config.register_tab(kind, tab)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = pnginfo.build(ctx)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
@@ -97,14 +107,14 @@ def build_ui(state, startup_job=None) -> tuple[gr.Blocks, PageAssets]:
         timer = gr.Timer(STATUS_POLL_SECONDS, active=not ctx.model_ready)
 
         def tick():
-            return (top_bar.status_html(ctx), gr.update(value=top_bar.current_checkpoint(state)),
-                    gr.Timer(active=not ctx.model_ready))
+            checkpoint = [gr.update(value=top_bar.current_checkpoint(state))] if bar.checkpoint else []
+            return [top_bar.status_html(ctx), *checkpoint, gr.Timer(active=not ctx.model_ready)]
 
-        timer.tick(tick, None, [bar.status, bar.checkpoint, timer], show_progress="hidden", queue=False)
-        demo.load(lambda: [*settings_values(), top_bar.status_html(ctx), top_bar.current_checkpoint(state),
-                           state.models.vae_choice, state.settings.current.CLIP_stop_at_last_layers,
+        timer.tick(tick, None, [bar.status, *([bar.checkpoint] if bar.checkpoint else []), timer],
+                   show_progress="hidden", queue=False)
+        demo.load(lambda: [*settings_values(), top_bar.status_html(ctx), *bar.values(ctx),
                            gr.Timer(active=not ctx.model_ready)],
-                  None, [*settings_components, bar.status, bar.checkpoint, bar.vae, bar.clip_skip, timer],
+                  None, [*settings_components, bar.status, *bar.settings.values(), timer],
                   show_progress="hidden", queue=False)
-    demo.queue(default_concurrency_limit=None)
-    return demo, page_assets(state, ctx.tooltips)
+        ctx.ui_config.write_missing()
+    return demo, page_assets(state, ctx.tooltips, ctx.restarter.boot_id)

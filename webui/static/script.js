@@ -1,4 +1,5 @@
-// Page behaviour Gradio has no option for: Ctrl+Enter, extra-network card clicks, tooltips.
+// Page behaviour Gradio has no option for: Ctrl+Enter, extra-network card clicks, tooltips, and the last prompts
+// of each tab kept across page reloads (in this browser's localStorage).
 (function () {
   "use strict";
 
@@ -48,10 +49,40 @@
     });
   }
 
+  const REMEMBERED = ["txt2img_prompt", "txt2img_neg_prompt", "img2img_prompt", "img2img_neg_prompt"];
+
+  function promptBox(id) { return document.querySelector("#" + id + " textarea"); }
+
+  function remember(id) {
+    const box = promptBox(id);
+    if (!box || box.dataset.sdRestored !== "1") return;  // not before its remembered text was put back
+    try { localStorage.setItem("sd-webui/" + id, box.value); } catch (e) { /* storage off: nothing kept */ }
+  }
+
+  function restorePrompts() {
+    REMEMBERED.forEach(function (id) {
+      const box = promptBox(id);
+      if (!box || box.dataset.sdRestored === "1") return;
+      box.dataset.sdRestored = "1";
+      let saved = null;
+      try { saved = localStorage.getItem("sd-webui/" + id); } catch (e) { return; }
+      if (saved !== null && saved !== box.value) {
+        box.value = saved;
+        box.dispatchEvent(new Event("input", { bubbles: true }));
+      }
+    });
+  }
+
+  document.addEventListener("input", function (e) {
+    REMEMBERED.forEach(function (id) { if (e.target === promptBox(id)) remember(id); });
+  });
+  // Text the server put into a prompt (styles, cards, PNG Info) is kept when the page goes away.
+  window.addEventListener("pagehide", function () { REMEMBERED.forEach(remember); });
+
   let pending = false;
   new MutationObserver(function () {
     if (pending) return;
     pending = true;
-    requestAnimationFrame(function () { pending = false; applyTooltips(); });
+    requestAnimationFrame(function () { pending = false; applyTooltips(); restorePrompts(); });
   }).observe(document.documentElement, { childList: true, subtree: true });
 })();

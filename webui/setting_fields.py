@@ -1,0 +1,95 @@
+"""The core settings shown in the UI: their sections, labels and components (Settings tab and quick settings)."""
+from __future__ import annotations
+
+from dataclasses import fields
+
+import gradio as gr
+
+from modules.settings import Settings
+from webui.context import UiContext
+
+SECTIONS: dict[str, dict[str, str]] = {
+    "Saving images": {
+        "samples_save": "Always save all generated images",
+        "samples_format": "File format for images",
+        "grid_save": "Always save all generated image grids",
+        "grid_format": "File format for grids",
+        "save_txt": "Create a text file with the generation parameters next to every image",
+    },
+    "Paths": {
+        "outdir_samples": "Output directory for images; if empty, the three directories below are used",
+        "outdir_txt2img_samples": "Output directory for txt2img images",
+        "outdir_img2img_samples": "Output directory for img2img images",
+        "outdir_grids": "Output directory for grids; if empty, the two directories below are used",
+        "outdir_txt2img_grids": "Output directory for txt2img grids",
+        "outdir_img2img_grids": "Output directory for img2img grids",
+        "outdir_save": "Directory for saving images using the Save button",
+    },
+    "Stable Diffusion": {
+        "sd_model_checkpoint": "Stable Diffusion checkpoint",
+        "sd_vae": "SD VAE",
+        "sd_checkpoints_limit": "Checkpoints to keep in RAM",
+        "CLIP_stop_at_last_layers": "Clip skip",
+        "emphasis": "Emphasis mode",
+    },
+    "Sampler parameters": {
+        "randn_source": "Random number generator source",
+        "eta_noise_seed_delta": "Eta noise seed delta (ENSD)",
+        "img2img_fix_steps": "img2img: do exactly the number of steps the slider says",
+        "initial_noise_multiplier": "Noise multiplier for img2img",
+        "inpainting_mask_weight": "Inpainting conditioning mask strength",
+    },
+    "Live previews": {
+        "live_previews_enable": "Show live previews of the image being made",
+        "show_progress_every_n_steps": "Live preview every N sampling steps",
+    },
+    "User interface": {
+        "quicksettings_list": "Quicksettings list: settings shown in the bar above the tabs (restart to apply)",
+    },
+}
+
+CHOICES = {
+    "samples_format": ("png", "jpg", "webp"),
+    "grid_format": ("png", "jpg", "webp"),
+    "randn_source": ("CPU", "GPU"),
+    "emphasis": ("Original", "No norm", "None"),
+}
+
+# The Paths settings: kind given to Settings.output_dir, shown as the placeholder of an empty field.
+PATH_KINDS = {"outdir_txt2img_samples": "txt2img", "outdir_img2img_samples": "img2img",
+              "outdir_txt2img_grids": "txt2img-grids", "outdir_img2img_grids": "img2img-grids",
+              "outdir_save": "save"}
+
+LABELS = {name: label for section in SECTIONS.values() for name, label in section.items()}
+KNOWN = {f.name for f in fields(Settings)}
+
+
+def ui_value(value):
+    """A setting's value as its component holds it (lists, not tuples)."""
+    return list(value) if isinstance(value, tuple) else value
+
+
+def component(ctx: UiContext, name: str, elem_id: str, label: str | None = None, **extra):
+    """The input for core setting ``name`` (dropdowns for choices, checkpoints and VAEs; by type otherwise)."""
+    label = label or LABELS.get(name, name)
+    elem_id = ctx.tip(elem_id, f"{label} ({name})")
+    state = ctx.state
+    default = getattr(Settings(), name)
+    common = dict(label=label, elem_id=elem_id, **extra)
+    if name == "sd_model_checkpoint":
+        return gr.Dropdown([i.filename for i in state.checkpoints.items()], allow_custom_value=True, **common)
+    if name == "sd_vae":
+        return gr.Dropdown(state.vaes.choices(), **common)
+    if name == "quicksettings_list":
+        return gr.Dropdown(sorted(KNOWN - {name}), multiselect=True, **common)
+    if name in CHOICES:
+        return gr.Dropdown(list(CHOICES[name]), **common)
+    if isinstance(default, bool):
+        return gr.Checkbox(**common)
+    if isinstance(default, (int, float)):
+        return gr.Number(precision=0 if isinstance(default, int) else None, **common)
+    if name in PATH_KINDS or name in ("outdir_samples", "outdir_grids"):
+        kind = PATH_KINDS.get(name)
+        hint = str(Settings().output_dir(kind, state.options.data_dir)) if kind else "empty: see below"
+        return gr.Textbox(placeholder=hint, **common)
+    return gr.Textbox(**common)
