@@ -17,15 +17,21 @@ def _solid(colour, size=(64, 32)):
     return Image.new("RGB", size, colour)
 
 
-def test_dated_folders_follow_the_a1111_layout(tmp_path):
+def test_dated_folders_follow_the_a1111_layout_unless_the_paths_settings_say_otherwise(tmp_path):
+    from modules.settings import Settings
+
     day = dt.date(2024, 5, 6)
-    assert outputs.dated_folder(tmp_path, "txt2img", day) == tmp_path / "txt2img-images" / "2024-05-06"
-    assert outputs.dated_folder(tmp_path, "img2img", day) == tmp_path / "img2img-images" / "2024-05-06"
-    assert outputs.dated_folder(tmp_path, "txt2img-grids", day) == tmp_path / "txt2img-grids" / "2024-05-06"
-    assert (tmp_path / "img2img-images" / "2024-05-06").is_dir()
-    assert outputs.dated_folder(tmp_path, "img2img-grids").name == dt.date.today().isoformat()
+    default = Settings()
+    assert outputs.dated_folder(default.output_dir("txt2img", tmp_path), day) == tmp_path / "outputs" / "txt2img-images" / "2024-05-06"
+    assert outputs.dated_folder(default.output_dir("img2img", tmp_path), day) == tmp_path / "outputs" / "img2img-images" / "2024-05-06"
+    assert outputs.dated_folder(default.output_dir("txt2img-grids", tmp_path), day) == tmp_path / "outputs" / "txt2img-grids" / "2024-05-06"
+    assert (tmp_path / "outputs" / "img2img-images" / "2024-05-06").is_dir()
+    assert outputs.dated_folder(default.output_dir("img2img-grids", tmp_path)).name == dt.date.today().isoformat()
+    mine = default.with_overrides({"outdir_txt2img_samples": "mine", "outdir_grids": str(tmp_path / "grids")})
+    assert outputs.dated_folder(mine.output_dir("txt2img", tmp_path), day) == tmp_path / "mine" / "2024-05-06"
+    assert mine.output_dir("img2img-grids", tmp_path) == tmp_path / "grids"
     with pytest.raises(ValueError, match="output kind"):
-        outputs.dated_folder(tmp_path, "extras", day)
+        default.output_dir("extras", tmp_path)
 
 
 def test_image_names_start_at_zero_and_continue_after_the_highest_existing_number(tmp_path):

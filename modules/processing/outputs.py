@@ -20,27 +20,16 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-OUTPUT_KINDS = {
-    "txt2img": "txt2img-images",
-    "img2img": "img2img-images",
-    "txt2img-grids": "txt2img-grids",
-    "img2img-grids": "img2img-grids",
-}
-
 _NAMING_LOCK = threading.Lock()  # scan + reserve as one step within the process; O_EXCL guards across processes
 _MAX_TRIES = 1000
 
 
-def dated_folder(root: Path, kind: str, day: dt.date | None = None) -> Path:
-    """``root/<kind folder>/YYYY-MM-DD`` (created): kind is txt2img, img2img, txt2img-grids or img2img-grids;
-    ``day`` defaults to today (local time)."""
-    try:
-        sub = OUTPUT_KINDS[kind]
-    except KeyError:
-        raise ValueError(f"unknown output kind {kind!r}; choose from {', '.join(OUTPUT_KINDS)}") from None
-    folder = Path(root) / sub / (day or dt.date.today()).isoformat()
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+def dated_folder(folder: Path, day: dt.date | None = None) -> Path:
+    """``folder/YYYY-MM-DD`` (created); ``day`` defaults to today (local time). ``folder`` comes from
+    :meth:`modules.settings.Settings.output_dir` (A1111's layout unless the Paths settings say otherwise)."""
+    dated = Path(folder) / (day or dt.date.today()).isoformat()
+    dated.mkdir(parents=True, exist_ok=True)
+    return dated
 
 
 def _highest_number(folder: Path, pattern: re.Pattern[str]) -> int:

@@ -127,7 +127,7 @@ def run_job(state, params: GenerationParams, progress: JobProgress | None = None
     if len(result.images) > 1 and settings.grid_save and not params.do_not_save_grid:
         result.grid = outputs.make_grid(result.images)
         if settings.samples_save:
-            folder = outputs.dated_folder(state.options.outputs_dir, f"{params.kind}-grids")
+            folder = outputs.dated_folder(settings.output_dir(f"{params.kind}-grids", state.options.data_dir))
             result.grid_path = save_image(result.grid, outputs.next_grid_path(folder, settings.grid_format),
                                           infotext=result.infotexts[0])
     result.info = _info(job, clip_skip)
@@ -359,7 +359,7 @@ def _finish_image(state, job: _Job, index: int, image) -> None:
     result.infotexts.append(save.infotext)
     job.progress.images.append(save.image)
     if job.settings.samples_save and not p.do_not_save_samples:
-        folder = outputs.dated_folder(state.options.outputs_dir, p.kind)
+        folder = outputs.dated_folder(job.settings.output_dir(p.kind, state.options.data_dir))
         path = outputs.next_image_path(folder, result.seeds[index], job.settings.samples_format)
         result.paths.append(save_image(save.image, path, infotext=save.infotext))
 

@@ -227,7 +227,7 @@ class XyzPlot(Script):
         if settings.grid_save and settings.samples_save:
             from modules.image_io import save_image
 
-            folder = outputs.dated_folder(state.options.outputs_dir, f"{kind}-grids")
+            folder = outputs.dated_folder(settings.output_dir(f"{kind}-grids", state.options.data_dir))
             result.grid_path = save_image(grid, outputs.next_grid_path(folder, settings.grid_format),
                                           infotext=infotexts[0])
         result.info = {**result.info, "infotexts": result.infotexts, "all_seeds": result.seeds}
