@@ -85,7 +85,7 @@ def test_good_extensions_load_in_order_and_broken_ones_are_skipped_with_a_reason
     for name, reason in expected.items():
         assert not items[name].loaded
         assert any(reason in error for error in items[name].errors), items[name].errors
-    assert {s.title for s in state.extensions.scripts} == {"Hires fix", "X/Y/Z plot"}
+    assert {s.title for s in state.extensions.scripts} == {"Hires fix", "X/Y/Z plot", "ControlNet"}
 
 
 def test_setting_drives_a_hook_that_visibly_changes_the_output_and_adds_an_infotext_field(state):
@@ -168,7 +168,7 @@ def test_disabling_is_persisted_and_honoured_at_the_next_start(state, tmp_path):
 
 
 def test_script_selection_errors_name_the_field(state):
-    assert [s.title for s in scripts_for(state, "img2img")] == ["X/Y/Z plot"]  # the hires fix is txt2img only
+    assert [s.title for s in scripts_for(state, "img2img")] == ["ControlNet", "X/Y/Z plot"]  # hires fix: txt2img only
     with pytest.raises(ValueError, match="^script_name: unknown script 'Loopback'"):
         run_generation(state, _params(), script_name="Loopback")
     with pytest.raises(ValueError, match="^alwayson_scripts: unknown script"):
