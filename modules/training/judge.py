@@ -44,7 +44,6 @@ def _nearest(colors: np.ndarray, exclude: int | None = None) -> np.ndarray:
 def judge(image: np.ndarray) -> Judgement:
     """Read shape, colors, position and size from an RGB uint8 image (H, W, 3)."""
     img = np.asarray(image, dtype=np.float32)[..., :3]
-    h, w = img.shape[:2]
     border = np.concatenate([img[:2].reshape(-1, 3), img[-2:].reshape(-1, 3),
                              img[:, :2].reshape(-1, 3), img[:, -2:].reshape(-1, 3)])
     labels = _nearest(border)
@@ -64,10 +63,17 @@ def judge(image: np.ndarray) -> Judgement:
     axis = fg_rgb - bg_rgb
     t = ((img - bg_rgb) @ axis) / max(float(axis @ axis), 1e-6)
     mask = t > 0.5
+    layout = _layout(mask, stars=False)
+    return Judgement(color=color, background=background, **layout)
+
+
+def _layout(mask: np.ndarray, stars: bool) -> dict:
+    """Shape, position and size read from a foreground mask (all None when no shape is found)."""
+    h, w = mask.shape
     rows = np.flatnonzero(mask.sum(1) >= 2)
     cols = np.flatnonzero(mask.sum(0) >= 2)
     if len(rows) == 0 or len(cols) == 0:
-        return Judgement(None, color, background, None, None)
+        return {"shape": None, "position": None, "size": None}
     y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
     box = mask[y0:y1, x0:x1].astype(np.float32)
     bh, bw = box.shape
@@ -80,6 +86,8 @@ def judge(image: np.ndarray) -> Judgement:
         shape = "triangle"
     elif corner_fill > SQUARE_CORNER_FILL:
         shape = "square"
+    elif stars and box.mean() < STAR_FILL:
+        shape = "star"
     else:
         shape = "circle"
 
@@ -91,7 +99,7 @@ def judge(image: np.ndarray) -> Judgement:
     else:
         position = "top" if cy < 0 else "bottom"
     size = "large" if max(bh / h, bw / w) > LARGE_SIDE else "small"
-    return Judgement(shape, color, background, position, size)
+    return {"shape": shape, "position": position, "size": size}
 
 
 def score(judgement: Judgement, scene: Scene) -> dict[str, bool]:
@@ -165,7 +173,6 @@ def judge_concepts(image: np.ndarray) -> ConceptJudgement:
     of its bounding box is a star.
     """
     img = np.asarray(image, dtype=np.float32)[..., :3]
-    h, w = img.shape[:2]
     border = _border(img)
     checks = _checkers(img, border)
     if checks is None:
@@ -191,36 +198,8 @@ def judge_concepts(image: np.ndarray) -> ConceptJudgement:
     color = _PALETTE_NAMES[int(palette_dist.argmin())]
 
     mask = np.sqrt(((img - fg_rgb) ** 2).sum(-1)) < dist
-    rows = np.flatnonzero(mask.sum(1) >= 2)
-    cols = np.flatnonzero(mask.sum(0) >= 2)
-    if len(rows) == 0 or len(cols) == 0:
-        return ConceptJudgement(None, color, background, None, None, pattern)
-    y0, y1, x0, x1 = rows[0], rows[-1] + 1, cols[0], cols[-1] + 1
-    box = mask[y0:y1, x0:x1].astype(np.float32)
-    bh, bw = box.shape
-
-    top_share = box[: bh // 2].sum() / max(box.sum(), 1.0) if bh >= 2 else 0.5
-    ph, pw = max(1, round(bh * 0.15)), max(1, round(bw * 0.15))
-    corners = [box[:ph, :pw], box[:ph, -pw:], box[-ph:, :pw], box[-ph:, -pw:]]
-    corner_fill = float(np.mean([c.mean() for c in corners]))
-    if top_share < TRIANGLE_TOP_SHARE:
-        shape = "triangle"
-    elif corner_fill > SQUARE_CORNER_FILL:
-        shape = "square"
-    elif box.mean() < STAR_FILL:
-        shape = "star"
-    else:
-        shape = "circle"
-
-    cx, cy = (x0 + x1) / 2 / w - 0.5, (y0 + y1) / 2 / h - 0.5
-    if max(abs(cx), abs(cy)) < CENTER_TOLERANCE:
-        position = "center"
-    elif abs(cx) >= abs(cy):
-        position = "left" if cx < 0 else "right"
-    else:
-        position = "top" if cy < 0 else "bottom"
-    size = "large" if max(bh / h, bw / w) > LARGE_SIDE else "small"
-    return ConceptJudgement(shape, color, background, position, size, pattern)
+    layout = _layout(mask, stars=True)
+    return ConceptJudgement(color=color, background=background, pattern=pattern, **layout)
 
 
 def concept_accuracy(images: list[np.ndarray], scenes: list[Scene]) -> dict[str, float]:
