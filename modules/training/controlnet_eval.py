@@ -19,31 +19,10 @@ import numpy as np
 
 from modules.training import shapes_world as world
 from modules.training.controlnet_train import DEFAULT_BASE, render_silhouette
+from modules.training.judge import foreground_mask
 
-_PALETTE_NAMES = tuple(world.COLORS)
-_PALETTE = np.array([world.COLORS[n] for n in _PALETTE_NAMES], dtype=np.float32)
 SETTINGS = ({"weight": 0.0, "guidance_end": 1.0}, {"weight": 1.0, "guidance_end": 1.0},
             {"weight": 1.0, "guidance_end": 0.3})
-
-
-def foreground_mask(image: np.ndarray) -> np.ndarray:
-    """The shape's pixels as :func:`modules.training.judge.judge` finds them: background = the most common palette
-    color on the 2-pixel border; foreground = pixels past the midpoint from the background color towards the
-    median color of the most distinct pixels. All False when nothing stands out from the background."""
-    img = np.asarray(image, dtype=np.float32)[..., :3]
-    border = np.concatenate([img[:2].reshape(-1, 3), img[-2:].reshape(-1, 3),
-                             img[:, :2].reshape(-1, 3), img[:, -2:].reshape(-1, 3)])
-    labels = ((border[:, None, :] - _PALETTE) ** 2).sum(-1).argmin(-1)
-    bg_index = int(np.bincount(labels, minlength=len(_PALETTE)).argmax())
-    bg_rgb = np.median(border[labels == bg_index], axis=0)
-    dist = np.sqrt(((img - bg_rgb) ** 2).sum(-1))
-    rough = dist > 40
-    if rough.sum() < 4:
-        return np.zeros(img.shape[:2], dtype=bool)
-    core = dist >= np.percentile(dist[rough], 60)
-    axis = np.median(img[core & rough], axis=0) - bg_rgb
-    t = ((img - bg_rgb) @ axis) / max(float(axis @ axis), 1e-6)
-    return t > 0.5
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:

@@ -41,28 +41,42 @@ def _nearest(colors: np.ndarray, exclude: int | None = None) -> np.ndarray:
     return dist.argmin(-1)
 
 
-def judge(image: np.ndarray) -> Judgement:
-    """Read shape, colors, position and size from an RGB uint8 image (H, W, 3)."""
-    img = np.asarray(image, dtype=np.float32)[..., :3]
+def _foreground(img: np.ndarray) -> tuple[int, np.ndarray | None, np.ndarray | None]:
+    """(background palette index, shape RGB, shape mask); RGB and mask are None when nothing stands out.
+
+    Background = most common palette color on the 2-pixel border; the shape's RGB = median of the pixels most
+    distinct from it; mask = pixels past the midpoint from the background towards that RGB."""
     border = np.concatenate([img[:2].reshape(-1, 3), img[-2:].reshape(-1, 3),
                              img[:, :2].reshape(-1, 3), img[:, -2:].reshape(-1, 3)])
     labels = _nearest(border)
     bg_index = int(np.bincount(labels, minlength=len(_PALETTE)).argmax())
     bg_rgb = np.median(border[labels == bg_index], axis=0)
-    background = _PALETTE_NAMES[bg_index]
-
     dist = np.sqrt(((img - bg_rgb) ** 2).sum(-1))
     rough = dist > 40
     if rough.sum() < 4:
-        return Judgement(None, None, background, None, None)
+        return bg_index, None, None
     core = dist >= np.percentile(dist[rough], 60)
     fg_rgb = np.median(img[core & rough], axis=0)
-    fg_index = int(_nearest(fg_rgb[None], exclude=bg_index)[0])
-    color = _PALETTE_NAMES[fg_index]
-
     axis = fg_rgb - bg_rgb
     t = ((img - bg_rgb) @ axis) / max(float(axis @ axis), 1e-6)
-    mask = t > 0.5
+    return bg_index, fg_rgb, t > 0.5
+
+
+def foreground_mask(image: np.ndarray) -> np.ndarray:
+    """The shape's pixels as :func:`judge` finds them (all False when nothing stands out)."""
+    img = np.asarray(image, dtype=np.float32)[..., :3]
+    mask = _foreground(img)[2]
+    return np.zeros(img.shape[:2], dtype=bool) if mask is None else mask
+
+
+def judge(image: np.ndarray) -> Judgement:
+    """Read shape, colors, position and size from an RGB uint8 image (H, W, 3)."""
+    img = np.asarray(image, dtype=np.float32)[..., :3]
+    bg_index, fg_rgb, mask = _foreground(img)
+    background = _PALETTE_NAMES[bg_index]
+    if mask is None:
+        return Judgement(None, None, background, None, None)
+    color = _PALETTE_NAMES[int(_nearest(fg_rgb[None], exclude=bg_index)[0])]
     layout = _layout(mask, stars=False)
     return Judgement(color=color, background=background, **layout)
 
