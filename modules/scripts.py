@@ -58,6 +58,50 @@ class Script:
         """
         return None
 
+    def previews(self, kind: str) -> list["Preview"]:
+        """Preview buttons shown under the controls in the panel (e.g. a preprocessed map)."""
+        return []
+
+    def values_from_infotext(self, fields: dict) -> dict:
+        """Control values (by name) read back from a parsed infotext (``modules.infotext.parse_infotext``), so
+        that pasting generation parameters fills the script's panel too; values not in the infotext are left out."""
+        return {}
+
+
+@dataclass(frozen=True)
+class Preview:
+    """A button in an always-on script's panel that shows an image made from the panel's current values.
+
+    ``render(args, width, height)`` gets the script's arguments by control name (checked as for a job) and the
+    tab's output size, and returns a PIL image; a ValueError is shown to the user as a warning.
+    """
+
+    name: str
+    label: str
+    render: Callable[[dict, int, int], object]
+
+
+def infotext_values(state, kind: str, fields: dict) -> dict:
+    """``{title: {control name: value}}`` that the always-on scripts of ``kind`` read from a parsed infotext
+    (values a control would reject are dropped, with a log line)."""
+    out = {}
+    for script in (s for s in scripts_for(state, kind) if s.alwayson):
+        try:
+            found = script.values_from_infotext(fields)
+        except Exception:
+            log.exception("%s: reading the infotext failed", script.title)
+            continue
+        controls = {c.name: c for c in script.controls(kind)}
+        values = {}
+        for name, value in found.items():
+            try:
+                values[name] = _coerce(controls[name], value)
+            except (KeyError, ValueError) as e:
+                log.warning("%s: infotext value for %s ignored (%s)", script.title, name, e)
+        if values:
+            out[script.title] = values
+    return out
+
 
 @dataclass(frozen=True)
 class XyzAxis:

@@ -279,7 +279,9 @@ def test_png_info_send_to_txt2img_fills_fields(page, tmp_path):
     from modules.image_io import save_image
 
     text = ("a lighthouse at dusk\nNegative prompt: fog\nSteps: 11, Sampler: Euler, Schedule type: Karras, "
-            "CFG scale: 4.5, Seed: 4242, Size: 64x64, Model: tiny-alpha")
+            "CFG scale: 4.5, Seed: 4242, Size: 64x64, Model: tiny-alpha, Denoising strength: 0.35, "
+            "Hires upscale: 1.5, Hires steps: 4, Hires upscaler: Latent (nearest), "
+            'ControlNet 0: "Module: invert, Model: not-installed [0000], Weight: 0.45, Guidance End: 0.6"')
     path = save_image(Image.new("RGB", (64, 64)), tmp_path / "made.png", infotext=text)
     page.get_by_role("tab", name="PNG Info").click()
     page.set_input_files("#pnginfo_image input[type=file]", str(path))
@@ -293,6 +295,37 @@ def test_png_info_send_to_txt2img_fills_fields(page, tmp_path):
     assert page.input_value("#txt2img_sampling input") == "Euler"
     assert page.input_value("#txt2img_scheduler input") == "Karras"
     assert page.locator("#txt2img_generate").is_visible()  # the txt2img tab is shown
+    # the always-on panels are filled too: hires fix and the ControlNet unit (its model is not installed: kept)
+    for panel in ("Hires fix", "ControlNet"):
+        page.locator("#txt2img_settings").get_by_text(panel, exact=True).click()
+    assert page.is_checked("#txt2img_script_hires_fix_enable input")
+    assert page.input_value("#txt2img_script_hires_fix_hr_second_pass_steps input[type=number]") == "4"
+    assert page.input_value("#txt2img_script_hires_fix_hr_scale input[type=number]") == "1.5"
+    assert page.input_value("#txt2img_script_hires_fix_denoising_strength input[type=number]") == "0.35"
+    assert page.input_value("#txt2img_script_hires_fix_hr_upscaler input") == "Latent (nearest)"
+    assert page.is_checked("#txt2img_script_controlnet_unit0_enabled input")
+    assert page.input_value("#txt2img_script_controlnet_unit0_weight input[type=number]") == "0.45"
+    assert page.input_value("#txt2img_script_controlnet_unit0_guidance_end input[type=number]") == "0.6"
+    assert page.input_value("#txt2img_script_controlnet_unit0_model input") == "None"
+    assert not page.is_checked("#txt2img_script_controlnet_unit1_enabled input")
+
+
+def test_controlnet_panel_previews_the_preprocessed_map_at_the_output_size(page, tmp_path):
+    source = np.zeros((48, 80, 3), np.uint8)
+    source[:, :40] = 255  # left half white: inverted, the right half is white
+    path = tmp_path / "control.png"
+    Image.fromarray(source).save(path)
+    small_job(page)
+    page.get_by_text("ControlNet", exact=True).click()
+    page.set_input_files("#txt2img_script_controlnet_unit0_image input[type=file]", str(path))
+    page.wait_for_selector("#txt2img_script_controlnet_unit0_image img")
+    choose(page, "txt2img_script_controlnet_unit0_module", "invert")
+    page.click("#txt2img_script_controlnet_unit0_preview")
+    page.wait_for_selector("#txt2img_script_controlnet_unit0_preview_image img")
+    src = page.locator("#txt2img_script_controlnet_unit0_preview_image img").get_attribute("src")
+    shown = np.asarray(Image.open(io.BytesIO(page.request.get(src).body())).convert("L"), np.float32)
+    assert shown.shape == (64, 64)  # fitted to the output size (crop and resize)
+    assert shown[:, :24].mean() < 40 and shown[:, 40:].mean() > 215  # inverted: dark left, light right
 
 
 def test_setting_survives_reload(page, server):

@@ -36,6 +36,11 @@ class SessionOutputs:
             return self._items[key]
 
 
+def script_field(title: str, name: str) -> str:
+    """The key of an always-on script's control among a tab's fields."""
+    return f"{title}/{name}"
+
+
 @dataclass
 class UiContext:
     """Built once per app; passed to every tab builder."""
@@ -55,12 +60,20 @@ class UiContext:
         return elem_id
 
     def infotext_fields(self, text: str) -> dict:
-        """UI field values from an infotext (empty for no text), adjusted by the extensions' infotext_pasted."""
+        """UI field values from an infotext (empty for no text), adjusted by the extensions' infotext_pasted.
+
+        Always-on script panels are filled too: their values are keyed ``"<script title>/<control name>"``."""
+        from modules import scripts
+        from modules.infotext import parse_infotext
         from webui.params_fields import fields_from_infotext
 
         if not text:
             return {}
         fields = fields_from_infotext(text)
+        parsed = parse_infotext(text)
+        for kind in ("txt2img", "img2img"):
+            for title, values in scripts.infotext_values(self.state, kind, parsed).items():
+                fields.update({script_field(title, name): value for name, value in values.items()})
         if self.state.extensions is not None:
             self.state.extensions.infotext_pasted(text, fields)
         return fields

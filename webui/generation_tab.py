@@ -335,7 +335,8 @@ def build_generation_tab(ctx: UiContext, kind: str) -> GenerationTab:
                 _img2img_controls(ctx, tab)
                 tab.inputs.wire_mode(tab.inpaint_group)
             _seed_controls(ctx, tab)
-            script_ui = script_controls.build(ctx, kind)
+            script_ui = script_controls.build(ctx, kind, (tab.fields["width"], tab.fields["height"]))
+            tab.fields.update(script_ui.fields)  # pasted infotext fills the always-on panels too
         with gr.Column(scale=1, elem_id=f"{kind}_results"):
             _output_panel(ctx, tab)
 

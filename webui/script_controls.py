@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 import gradio as gr
 
 from modules import scripts
-from webui.context import UiContext
+from webui.context import UiContext, script_field
 
 NO_SCRIPT = "None"
 
@@ -16,6 +16,11 @@ class ScriptUi:
     alwayson: dict = field(default_factory=dict)  # title -> {control name: component}
     selectable: dict = field(default_factory=dict)  # title -> {control name: component}
     dropdown: object = None
+
+    @property
+    def fields(self) -> dict:
+        """The always-on panels' components keyed as pasted infotext values are (``script_field``)."""
+        return {script_field(title, name): c for title, comps in self.alwayson.items() for name, c in comps.items()}
 
     @property
     def components(self) -> set:
@@ -63,13 +68,39 @@ def _controls(ctx: UiContext, kind: str, script) -> dict:
     return controls_ui(ctx, f"{kind}_script_{slug(script.title)}", script.controls(kind))
 
 
-def build(ctx: UiContext, kind: str) -> ScriptUi:
-    """Always-on panels, then the Script dropdown whose choice shows that script's controls."""
+def _previews(ctx: UiContext, kind: str, script, comps: dict, size) -> None:
+    """A button and an image per :class:`~modules.scripts.Preview` of ``script``, rendered from the panel."""
+    names = list(comps)
+    for preview in script.previews(kind):
+        prefix = f"{kind}_script_{slug(script.title)}_{slug(preview.name)}"
+        with gr.Row():
+            button = gr.Button(preview.label, size="sm", elem_id=ctx.tip(
+                prefix, "Show what the current settings produce, at the output size"))
+            image = gr.Image(label=preview.label, type="pil", format="png", interactive=False, height=192,
+                             elem_id=f"{prefix}_image")
+
+        def show(*values, preview=preview):
+            *panel, width, height = values
+            try:
+                args = scripts.named_args(script, kind, dict(zip(names, panel)))
+                return preview.render(args, int(width), int(height))
+            except ValueError as e:
+                gr.Warning(str(e))
+                return gr.skip()
+
+        button.click(show, [*comps.values(), *size], image, show_progress="minimal")
+
+
+def build(ctx: UiContext, kind: str, size=()) -> ScriptUi:
+    """Always-on panels (with their preview buttons, which read the output ``size`` components: width, height),
+    then the Script dropdown whose choice shows that script's controls."""
     ui = ScriptUi()
     available = [s for s in scripts.scripts_for(ctx.state, kind) if kind in s.kinds]
     for script in (s for s in available if s.alwayson):
         with gr.Accordion(script.title, open=False, elem_classes="sd-script-panel"):
-            ui.alwayson[script.title] = _controls(ctx, kind, script)
+            ui.alwayson[script.title] = comps = _controls(ctx, kind, script)
+            if size:
+                _previews(ctx, kind, script, comps, size)
     selectable = [s for s in available if not s.alwayson]
     if not selectable:
         return ui

@@ -13,17 +13,24 @@ The unit image controls come first so that positional dicts land on them.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 
 from modules.controlnet import apply, units as cn_units
 from modules.controlnet.loader import ControlNetCache, ControlNetCatalog
 from modules.controlnet.preprocessors import PREPROCESSORS, RESIZE_MODES
 from modules.hooks import HookPoint
-from modules.scripts import Control, Script, XyzAxis
+from modules.infotext import parse_parameter_line
+from modules.scripts import Control, Preview, Script, XyzAxis
 
 TITLE = "ControlNet"
 UNIT_COUNT = 3  # sd-webui-controlnet's default "Multi-ControlNet: max models amount"
 NO_MODEL = "None"
+# the keys of a "ControlNet N" infotext value -> the unit's control names (the model is looked up separately)
+_INFOTEXT_KEYS = {"Module": "module", "Weight": "weight", "Resize Mode": "resize_mode",
+                  "Processor Res": "processor_res", "Threshold A": "threshold_a", "Threshold B": "threshold_b",
+                  "Guidance Start": "guidance_start", "Guidance End": "guidance_end",
+                  "Pixel Perfect": "pixel_perfect", "Control Mode": "control_mode"}
 
 
 def controlnet_dir(state):
@@ -134,7 +141,7 @@ class ControlNetScript(Script):
             loaded.append(apply.ActiveUnit(i, unit, model, hint))
         hooks.register(HookPoint.UNET_CALL, apply.unet_call_wrapper(loaded), owner)
 
-    def preview(self, args: dict, unit: int, width: int, height: int):
+    def preview(self, unit: int, args: dict, width: int, height: int):
         """The preprocessed map of unit ``unit`` fitted to ``width``×``height`` (a PIL image) for the panel."""
         from PIL import Image
 
@@ -143,6 +150,29 @@ class ControlNetScript(Script):
             **args, f"unit{unit}_image": {**value, "enabled": True}}
         found = dict(self.units(named))
         return Image.fromarray(cn_units.detected_map(found[unit], width, height).image)
+
+    def previews(self, kind: str) -> list[Preview]:
+        return [Preview(f"unit{i}_preview", f"Unit {i}: preview the preprocessed map",
+                        functools.partial(self.preview, i)) for i in range(UNIT_COUNT)]
+
+    def values_from_infotext(self, fields: dict) -> dict:
+        """The units an infotext records (``ControlNet N: "Module: …, Model: …, …"``), enabled; a model that is
+        not installed is left as it is (the panel shows the installed ones only)."""
+        out = {}
+        for i in range(UNIT_COUNT):
+            text = fields.get(f"ControlNet {i}")
+            if not isinstance(text, str):
+                continue
+            unit = dict(parse_parameter_line(text))
+            out[f"unit{i}_enabled"] = True
+            for key, name in _INFOTEXT_KEYS.items():
+                if key in unit:
+                    out[f"unit{i}_{name}"] = unit[key]
+            self.catalog.refresh()
+            info = self.catalog.find(unit.get("Model", ""))
+            if info is not None:
+                out[f"unit{i}_model"] = info.title
+        return out
 
 
 def _encode_png(image) -> str:

@@ -201,6 +201,21 @@ class HiresFix(Script):
                 state.models.load(before_model)
         return result.images[0] if result.images else event.images[i]
 
+    def values_from_infotext(self, fields: dict) -> dict:
+        """Enabled, with the infotext's hires settings, when it has "Hires upscale" or "Hires resize"."""
+        if "Hires upscale" not in fields and "Hires resize-1" not in fields:
+            return {}
+        out = {"enable": True, "hr_scale": fields.get("Hires upscale", 2.0),
+               "hr_resize_x": fields.get("Hires resize-1", 0), "hr_resize_y": fields.get("Hires resize-2", 0),
+               "hr_second_pass_steps": fields.get("Hires steps", 0)}
+        for key, name in (("Denoising strength", "denoising_strength"), ("Hires upscaler", "hr_upscaler"),
+                          ("Hires checkpoint", "hr_checkpoint_name"), ("Hires sampler", "hr_sampler_name"),
+                          ("Hires schedule type", "hr_scheduler"), ("Hires prompt", "hr_prompt"),
+                          ("Hires negative prompt", "hr_negative_prompt")):
+            if key in fields:
+                out[name] = fields[key]
+        return out
+
     @staticmethod
     def _infotext(args) -> dict:
         resized = args["hr_resize_x"] > 0 or args["hr_resize_y"] > 0
