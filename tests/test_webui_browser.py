@@ -8,9 +8,9 @@ import re
 import shutil
 import subprocess
 import time
-import zipfile
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import numpy as np

@@ -16,7 +16,8 @@ import base64
 import functools
 import io
 
-from modules.controlnet import apply, units as cn_units
+from modules.controlnet import apply
+from modules.controlnet import units as cn_units
 from modules.controlnet.loader import ControlNetCache, ControlNetCatalog
 from modules.controlnet.preprocessors import PREPROCESSORS, RESIZE_MODES
 from modules.hooks import HookPoint
