@@ -42,6 +42,10 @@ class Job:
             raise self.error
         return self.result
 
+    def wait_done(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` seconds for the job to end (without raising its error); whether it has."""
+        return self._done.wait(timeout)
+
     def interrupt(self) -> None:
         """Stop this job (if queued, it will not start)."""
         self.progress.interrupt()

@@ -280,7 +280,7 @@ def _run(ctx: UiContext, tab: GenerationTab, data: dict, request: gr.Request, sc
             shown = len(progress.images)
             images = list(progress.images)
         yield images, gr.skip(), progress_html(progress, ctx.state.queue.position(job)), preview
-        time.sleep(POLL_SECONDS)
+        job.wait_done(POLL_SECONDS)  # returns as soon as the job ends
     try:
         result = job.wait()
     except Exception as e:  # noqa: BLE001 - the error is the user's to read; the UI goes on

@@ -24,7 +24,7 @@ FIT_COLOURS = (  # RGB in 0..1 for the flat pictures
 )
 
 
-def fitting_images(size: int = 64) -> torch.Tensor:
+def fitting_images(size: int = 32) -> torch.Tensor:
     """The fitting set: the flat colours of :data:`FIT_COLOURS` and four gradients, [12, 3, size, size] in
     [-1, 1]."""
     import torch
@@ -46,7 +46,7 @@ class LatentPreviewer:
     """Linear latent -> RGB approximation of one VAE (diffusers AutoencoderKL-like: ``encode(x).latent_dist``,
     ``decode(z).sample``, ``config.scaling_factor``). Fitted on construction; build one per loaded VAE."""
 
-    def __init__(self, vae, size: int = 64) -> None:
+    def __init__(self, vae, size: int = 32) -> None:
         import torch
 
         scaling = float(vae.config.scaling_factor)
