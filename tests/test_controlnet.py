@@ -228,3 +228,23 @@ def test_sd2_and_sdxl_layouts_round_trip_through_both_namings(tmp_path, family):
         model = load_controlnet(path)
         assert dict(model.config)["addition_embed_type"] == source.config["addition_embed_type"]
         assert all(torch.equal(model.state_dict()[k], expected[k]) for k in expected)
+
+
+@pytest.mark.parametrize("hr_option, first, second", [("Both", True, True), ("Low res only", True, False),
+                                                      ("High res only", False, True)])
+def test_units_condition_the_hires_pass_as_their_hr_option_says(state, hr_option, first, second):
+    seen = []
+    state.hooks.register(HookPoint.AFTER_UNET, lambda e: seen.append(
+        (e.call.x.shape[-1], e.call.down_residuals is not None)), "test-spy")
+    alwayson = {"ControlNet": {"args": [_unit(hr_option=hr_option)]},
+                "Hires fix": {"args": {"enable": True, "hr_scale": 2, "hr_second_pass_steps": 2,
+                                       "denoising_strength": 0.6}}}
+    try:
+        result = run_generation(state, _params(2), alwayson=alwayson)
+    finally:
+        state.hooks.unregister_owner("test-spy")
+    assert result.images[0].size == (128, 128)
+    by_size = {size: {got for s, got in seen if s == size} for size in (8, 16)}
+    assert by_size == {8: {first}, 16: {second}}
+    if hr_option != "Both":
+        assert f"Hr Option: {hr_option}" in result.infotexts[0]

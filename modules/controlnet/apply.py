@@ -90,14 +90,23 @@ class ActiveUnit:
         return down, mid
 
 
-def unet_call_wrapper(units: list[ActiveUnit]):
-    """A ``UNET_CALL`` hook adding the residuals of the units that act at the call's step (none: unchanged)."""
+def in_pass(hr_option: str, hires_pass: bool) -> bool:
+    """Whether a unit with ``hr_option`` ("Both", "Low res only", "High res only") acts in this pass."""
+    return hr_option == "Both" or (hr_option == "High res only") == hires_pass
+
+
+def unet_call_wrapper(units: list[ActiveUnit], first_pass_params=None):
+    """A ``UNET_CALL`` hook adding the residuals of the units that act at the call's step (none: unchanged).
+
+    A call whose ``params`` are not ``first_pass_params`` belongs to a hires fix's second pass (which runs the
+    job's UNet hooks with its own parameters); each unit's ``hr_option`` says whether it acts there."""
 
     def wrapper(call, next_):
         down, mid = call.down_residuals, call.mid_residual
+        hires_pass = first_pass_params is not None and call.params is not first_pass_params
         for unit in units:
-            if unit.unit.weight == 0 or not in_guidance(call.step, call.total_steps, unit.unit.guidance_start,
-                                                        unit.unit.guidance_end):
+            if unit.unit.weight == 0 or not in_pass(unit.unit.hr_option, hires_pass) or not in_guidance(
+                    call.step, call.total_steps, unit.unit.guidance_start, unit.unit.guidance_end):
                 continue
             d, m = unit.residuals(call)
             down = d if down is None else [a + b.to(a) for a, b in zip(down, d)]

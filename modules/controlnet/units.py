@@ -2,8 +2,8 @@
 
 The API form is sd-webui-controlnet's unit dict (``input_image`` base64, ``module``, ``model``, ``weight``,
 ``guidance_start``, ``guidance_end``, ``control_mode``, ``resize_mode``, ``pixel_perfect``, ``processor_res``,
-``threshold_a``, ``threshold_b``, ``enabled``); the infotext field is written as sd-webui-controlnet writes it
-(``ControlNet 0: "Module: canny, Model: name [hash], Weight: 1, …"``).
+``threshold_a``, ``threshold_b``, ``enabled``, ``hr_option``); the infotext field is written as sd-webui-controlnet
+writes it (``ControlNet 0: "Module: canny, Model: name [hash], Weight: 1, …"``).
 """
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ from dataclasses import dataclass, fields, replace
 from .preprocessors import RESIZE_MODES, find_preprocessor
 
 CONTROL_MODES = ("Balanced", "My prompt is more important", "ControlNet is more important")
-# sd-webui-controlnet's unit fields that change nothing here (memory and batch options, hires/inpaint switches)
-IGNORED_FIELDS = {"low_vram", "hr_option", "save_detected_map", "inpaint_crop_input_image", "guessmode",
+HR_OPTIONS = ("Both", "Low res only", "High res only")  # which passes of a hires-fix job a unit conditions
+# sd-webui-controlnet's unit fields that change nothing here (memory and batch options, inpaint switches)
+IGNORED_FIELDS = {"low_vram", "save_detected_map", "inpaint_crop_input_image", "guessmode",
                   "advanced_weighting", "effective_region_mask", "pulid_mode", "ipadapter_input", "batch_images",
                   "input_mode", "animatediff_batch", "batch_modifiers", "mask", "mask_image", "is_ui",
                   "union_control_type", "output_dir", "loopback", "use_preview_as_input", "generated_image"}
@@ -39,6 +40,7 @@ class ControlUnit:
     guidance_end: float = 1.0
     pixel_perfect: bool = False
     control_mode: str = "Balanced"
+    hr_option: str = "Both"
 
     def check(self) -> "ControlUnit":
         """The unit with names normalised; ValueError for values out of range or unknown choices."""
@@ -49,7 +51,8 @@ class ControlUnit:
             raise ValueError(f"guidance start {self.guidance_start:g} / end {self.guidance_end:g}: "
                              "need 0 ≤ start ≤ end ≤ 1")
         return replace(self, module=pre.name, resize_mode=_choice(self.resize_mode, RESIZE_MODES, "resize_mode"),
-                       control_mode=_choice(self.control_mode, CONTROL_MODES, "control_mode"))
+                       control_mode=_choice(self.control_mode, CONTROL_MODES, "control_mode"),
+                       hr_option=_choice(self.hr_option, HR_OPTIONS, "hr_option"))
 
 
 def _choice(value, choices: tuple[str, ...], name: str) -> str:
@@ -135,7 +138,7 @@ def unit_from_dict(data: dict) -> ControlUnit:
         kw["guidance_end"] = _number(data["guidance"], "guidance")
     if data.get("processor_res") is not None:
         kw["processor_res"] = int(_number(data["processor_res"], "processor_res"))
-    for name in ("module", "model", "resize_mode", "control_mode"):
+    for name in ("module", "model", "resize_mode", "control_mode", "hr_option"):
         if data.get(name) is not None:
             kw[name] = data[name]
     image = data.get("input_image", data.get("image"))
@@ -157,7 +160,7 @@ def infotext_value(unit: ControlUnit, model_title: str, processor_res: int, thre
              ("Resize Mode", unit.resize_mode), ("Processor Res", processor_res), ("Threshold A", threshold_a),
              ("Threshold B", threshold_b), ("Guidance Start", unit.guidance_start),
              ("Guidance End", unit.guidance_end), ("Pixel Perfect", unit.pixel_perfect),
-             ("Control Mode", unit.control_mode)]
+             ("Control Mode", unit.control_mode), ("Hr Option", unit.hr_option if unit.hr_option != "Both" else -1)]
     return ", ".join(f"{k}: {_text(v)}" for k, v in parts if v != -1)
 
 

@@ -31,7 +31,7 @@ NO_MODEL = "None"
 _INFOTEXT_KEYS = {"Module": "module", "Weight": "weight", "Resize Mode": "resize_mode",
                   "Processor Res": "processor_res", "Threshold A": "threshold_a", "Threshold B": "threshold_b",
                   "Guidance Start": "guidance_start", "Guidance End": "guidance_end",
-                  "Pixel Perfect": "pixel_perfect", "Control Mode": "control_mode"}
+                  "Pixel Perfect": "pixel_perfect", "Control Mode": "control_mode", "Hr Option": "hr_option"}
 
 
 def controlnet_dir(state):
@@ -75,6 +75,8 @@ class ControlNetScript(Script):
                         tooltip="-1: the preprocessor's default (canny low 100, threshold 127, …)"),
                 Control(f"unit{i}_threshold_b", "number", f"Unit {i}: threshold B", -1.0, minimum=-1, maximum=255,
                         tooltip="-1: the preprocessor's default (canny high 200)"),
+                Control(f"unit{i}_hr_option", "radio", f"Unit {i}: hires fix passes", cn_units.HR_OPTIONS[0],
+                        choices=cn_units.HR_OPTIONS, tooltip="Which passes of a hires fix job this unit conditions"),
             ]
         return out
 
@@ -94,7 +96,7 @@ class ControlNetScript(Script):
                         processor_res=args[f"unit{i}_processor_res"], threshold_a=args[f"unit{i}_threshold_a"],
                         threshold_b=args[f"unit{i}_threshold_b"], guidance_start=args[f"unit{i}_guidance_start"],
                         guidance_end=args[f"unit{i}_guidance_end"], pixel_perfect=args[f"unit{i}_pixel_perfect"],
-                        control_mode=args[f"unit{i}_control_mode"]).check()
+                        control_mode=args[f"unit{i}_control_mode"], hr_option=args[f"unit{i}_hr_option"]).check()
             except ValueError as e:
                 raise ValueError(f"{TITLE}: unit {i}: {e}") from None
             if unit.enabled:
@@ -140,7 +142,7 @@ class ControlNetScript(Script):
                                  f"width {model.config.cross_attention_dim}, checkpoint "
                                  f"{unet.config.cross_attention_dim})")
             loaded.append(apply.ActiveUnit(i, unit, model, hint))
-        hooks.register(HookPoint.UNET_CALL, apply.unet_call_wrapper(loaded), owner)
+        hooks.register(HookPoint.UNET_CALL, apply.unet_call_wrapper(loaded, params), owner)
 
     def preview(self, unit: int, args: dict, width: int, height: int):
         """The preprocessed map of unit ``unit`` fitted to ``width``×``height`` (a PIL image) for the panel."""

@@ -5,7 +5,9 @@ the target size through ``run_job``: from the first pass's final latents upscale
 modes; the latents are the sampler's last estimate, read in ``AFTER_CFG``), or from the decoded image upscaled in
 pixels (Lanczos, Nearest) as img2img. The second pass's images replace the first's, and the first job keeps, saves
 and describes them ("Hires upscale", "Hires steps", "Hires upscaler", "Denoising strength", … in the infotext;
-"Size" stays the first pass's size, as in A1111).
+"Size" stays the first pass's size, as in A1111). The job's per-request UNet hooks of other scripts (``BEFORE_UNET``,
+``UNET_CALL``, ``AFTER_UNET``: e.g. ControlNet units) run in the second pass too; their calls carry the second
+pass's params, which tells them apart.
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ SAME_CHECKPOINT, SAME_SAMPLER, SAME_SCHEDULER = "Use same checkpoint", "Use same
 PIXEL_UPSCALERS = {"Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
 UPSCALERS = (*LATENT_UPSCALE_MODES, *PIXEL_UPSCALERS)
 DEFAULT_DENOISING = 0.7
+UNET_HOOK_POINTS = (HookPoint.BEFORE_UNET, HookPoint.UNET_CALL, HookPoint.AFTER_UNET)
 
 
 def target_size(width: int, height: int, scale: float, resize_x: int, resize_y: int) -> tuple[int, int, int, int]:
@@ -78,9 +81,10 @@ def hires_args_from_request(enable_hr: bool = False, hr_scale: float = 2.0, hr_u
 
 @dataclasses.dataclass
 class _Pass:
-    """One job's hires settings and the latents the first pass ended with."""
+    """One job's hires settings, its per-request hooks and the latents the first pass ended with."""
 
     args: dict
+    request_hooks: object  # the job's ScriptHooks: its UNet hooks (UNET_HOOK_POINTS) run in the second pass too
     width: int = 0
     height: int = 0
     cover: tuple[int, int] = (0, 0)
@@ -121,7 +125,7 @@ class HiresFix(Script):
             raise ValueError(f"{TITLE}: hires checkpoint {checkpoint!r} not found")
         if args["hr_sampler_name"] != SAME_SAMPLER or args["hr_scheduler"] != SAME_SCHEDULER:
             resolve(self._sampler(params, args), self._scheduler(params, args))
-        job = _Pass(args)
+        job = _Pass(args, hooks)
         progress = getattr(hooks, "progress", None)
         owner = self.extension or TITLE
 
@@ -174,6 +178,9 @@ class HiresFix(Script):
         child = JobProgress(control=progress.control) if progress is not None else None
         before_model = state.models.current_info
         hooks = type(state.hooks)()
+        for hook in job.request_hooks.hooks:  # the job's own UNet hooks (e.g. ControlNet units) act here too
+            if hook.point in UNET_HOOK_POINTS and hook.owner != (self.extension or TITLE):
+                hooks.register(hook.point, hook.fn, hook.owner, hook.order)
         if args["hr_upscaler"] in LATENT_UPSCALE_MODES:
             cover_w, cover_h = job.cover
             latent = latent_upscale(job.last_denoised[i:i + 1].float(), cover_w, cover_h, args["hr_upscaler"])
