@@ -88,7 +88,7 @@ def infotext_values(state, kind: str, fields: dict) -> dict:
     for script in (s for s in scripts_for(state, kind) if s.alwayson):
         try:
             found = script.values_from_infotext(fields)
-        except Exception:
+        except Exception:  # noqa: BLE001 - a broken extension must not stop the paste
             log.exception("%s: reading the infotext failed", script.title)
             continue
         controls = {c.name: c for c in script.controls(kind)}

@@ -77,7 +77,7 @@ def _previews(ctx: UiContext, kind: str, script, comps: dict, size) -> None:
             button = gr.Button(preview.label, size="sm", elem_id=ctx.tip(
                 prefix, "Show what the current settings produce, at the output size"))
             image = gr.Image(label=preview.label, type="pil", format="png", interactive=False, height=192,
-                             elem_id=f"{prefix}_image")
+                             elem_id=ctx.tip(f"{prefix}_image", preview.label))
 
         def show(*values, preview=preview):
             *panel, width, height = values

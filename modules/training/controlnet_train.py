@@ -48,7 +48,9 @@ class ControlNetTrainConfig:
     drop_prob: float = 0.15
     cubic_timesteps: bool = True  # t = (1 − u³)·T as T2I-Adapter trains: more steps where the layout is decided
     resolution: int = 64
-    embedding_channels: tuple[int, ...] = (16, 32, 96, 256)
+    # the hint encoder's stages: narrower at the end than SD's (16, 32, 96, 256), which saves 0.35 M parameters
+    # (0.7 MB) for a 64² model whose hints are silhouettes
+    embedding_channels: tuple[int, ...] = (16, 32, 64, 64)
     checkpoint_minutes: float = 5.0
     threads: int = 2
     condition: str = "the shape's silhouette, white on black"  # what the condition images show (metadata)
