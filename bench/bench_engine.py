@@ -68,6 +68,7 @@ def main() -> None:
     options = parse_command_line(["--ckpt-dir", str(ckpt_dir), "--data-dir", str(folder / "data"), "--device", args.device]).options
     state = create_state(options)
     model = state.models.load("sd15")
+    state.hashes.get(model.source)  # let the background hash of the checkpoint finish before anything is timed
     scheduler = DPMSolverMultistepScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
                                             use_karras_sigmas=True, algorithm_type="dpmsolver++", solver_order=2)
     pipe = StableDiffusionPipeline(vae=model.vae, text_encoder=model.text_encoders[0], tokenizer=load_clip_tokenizer(),

@@ -584,3 +584,23 @@ def test_gradio_auth_login_page_rejects_wrong_credentials_and_extension_install_
         assert "--enable-insecure-extension-access" in pg.inner_text("#extensions_install_refused")
         assert pg.locator("#extension_install_button").count() == 0
         context.close()
+
+
+def test_bundled_demo_model_draws_what_the_prompt_says(browser, tmp_path):
+    demo_dir = REPO / "models" / "Stable-diffusion"
+    with running_server(tmp_path, ("--ckpt-dir", str(demo_dir))) as s:
+        context = browser.new_context(viewport=VIEWPORT)
+        pg = context.new_page()
+        pg.set_default_timeout(TIMEOUT_MS)
+        pg.goto(s.url + "/")
+        pg.wait_for_selector("#txt2img_generate")
+        pg.fill("#txt2img_prompt textarea", "a large red circle on a blue background, center")
+        small_job(pg, steps=20)
+        info = generate(pg)
+        assert "Model: demo-shapes" in info and "Size: 64x64" in info, info
+        image = np.asarray(gallery_image(pg), dtype=np.int16)
+        centre, corners = image[24:40, 24:40].reshape(-1, 3), image[[0, 0, -1, -1], [0, -1, 0, -1]]
+        assert (centre[:, 0] - centre[:, 1:].max(axis=1) > 80).mean() > 0.9  # red where the circle is
+        assert (corners[:, 2] - corners[:, :2].max(axis=1) > 80).all()  # blue corners
+        shot(pg, "txt2img-demo-model")
+        context.close()

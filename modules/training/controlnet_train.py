@@ -1,12 +1,12 @@
 """Train a ControlNet for a loaded checkpoint (frozen UNet, text encoder and VAE) on CPU or GPU.
 
-    python -m modules.training.controlnet_train --out runs/controlnet [--steps 3000] [--batch 16] [--threads 2]
+    python -m modules.training.controlnet_train --out runs/controlnet [--steps 4000] [--batch 16] [--threads 2]
         [--base models/Stable-diffusion/demo-shapes.safetensors] [--data FOLDER]
     python -m modules.training.controlnet_train --out runs/controlnet
         --export-to models/ControlNet/demo-shapes-silhouette.safetensors
 
 The ControlNet starts as ``ControlNetModel.from_unet`` of the base UNet (zero output convolutions, so it begins
-as a no-op) and learns the usual noise-prediction loss through the frozen UNet. The same command resumes from
+as a no-op; the hint encoder's last convolution starts random, see ``zero_hint_output``) and learns the usual noise-prediction loss through the frozen UNet. The same command resumes from
 ``<out>/controlnet_ckpt.pt``; every ``--checkpoint-minutes`` (and at the end) it also writes the EMA weights as
 ``<out>/latest.safetensors`` in the original ``control_model.`` layout, which ``--export-to`` copies with metadata.
 
@@ -39,9 +39,13 @@ class ControlNetTrainConfig:
     """Schedule of a ControlNet run (defaults sized for the 64×64 demo model on a CPU)."""
 
     seed: int = 0
-    steps: int = 3000
+    steps: int = 4000
     batch: int = 16
-    lr: float = 3e-4
+    lr: float = 5e-4
+    # diffusers also zero-initialises the hint encoder's last convolution; with it and the output convolutions both
+    # at zero the hint got almost no gradient (after 1,700 steps the residuals did not depend on the hint: change
+    # < 1e-3). A random start there keeps the untrained ControlNet a no-op (the output convolutions are still zero).
+    zero_hint_output: bool = False
     warmup: int = 100
     ema_decay: float = 0.998
     empty_prob: float = 0.5  # captions dropped entirely, so the control alone must carry the layout
@@ -146,6 +150,8 @@ class ControlNetTrainer:
         torch.manual_seed(cfg.seed)
         self.controlnet = ControlNetModel.from_unet(base.unet,
                                                     conditioning_embedding_out_channels=cfg.embedding_channels)
+        if not cfg.zero_hint_output:
+            self.controlnet.controlnet_cond_embedding.conv_out.reset_parameters()  # PyTorch's default init
         self.ema = copy.deepcopy(self.controlnet).requires_grad_(False)
         self.opt = torch.optim.AdamW(self.controlnet.parameters(), lr=cfg.lr, weight_decay=0.0)
         self.step = 0
@@ -269,8 +275,8 @@ class ControlNetTrainer:
         self.save()
 
 
-def export(model, path: Path, cfg: ControlNetTrainConfig, step: int, base=None) -> Path:
-    """Write ``model`` as an original-layout ControlNet file with training metadata."""
+def export(model, path: Path, cfg: ControlNetTrainConfig, step: int, base=None, dtype=None) -> Path:
+    """Write ``model`` as an original-layout ControlNet file with training metadata (in ``dtype`` if given)."""
     from modules.controlnet.loader import export_controlnet
 
     metadata = {
@@ -286,7 +292,7 @@ def export(model, path: Path, cfg: ControlNetTrainConfig, step: int, base=None) 
         metadata["modelspec.license"] = "AGPL-3.0-or-later (trained by this project on procedural data)"
     if base is not None:
         metadata["training.base_model"] = Path(base.source).name
-    return export_controlnet(model, path, metadata)
+    return export_controlnet(model, path, metadata, dtype)
 
 
 def load_base(path: Path):
@@ -314,7 +320,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--uniform-timesteps", action="store_true", help="sample t uniformly (default: cubic)")
     parser.add_argument("--checkpoint-minutes", type=float, default=ControlNetTrainConfig.checkpoint_minutes)
     parser.add_argument("--export-to", type=Path, default=None,
-                        help="only write <out>'s EMA weights to this original-layout file, with metadata")
+                        help="only write <out>'s EMA weights to this original-layout fp16 file, with metadata")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = ControlNetTrainConfig(seed=args.seed, steps=args.steps, batch=args.batch, lr=args.lr,
@@ -329,7 +335,7 @@ def main(argv: list[str] | None = None) -> None:
     trainer = ControlNetTrainer(load_base(args.base), cfg, args.out)
     trainer.resume()
     if args.export_to is not None:
-        _log(f"wrote {export(trainer.ema, args.export_to, cfg, trainer.step, trainer.base)}")
+        _log(f"wrote {export(trainer.ema, args.export_to, cfg, trainer.step, trainer.base, torch.float16)}")
         return
     (args.out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     dataset = FolderDataset(args.data, cfg) if args.data else ShapesDataset(cfg)
