@@ -11,9 +11,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-PROMPTS = ["a large red circle on a blue background", "a large yellow square on a black background",
-           "a small white triangle on a green background", "a large purple circle on a yellow background",
-           "a large orange triangle on a white background", "a small blue square on an orange background"]
+PROMPTS = ["a large red circle on a blue background, left", "a large yellow square on a black background, center",
+           "a small white triangle on a green background, top", "a large purple circle on a yellow background, right",
+           "a large orange triangle on a white background, bottom", "a small blue square on a red background, left"]
 SEEDS = (1, 2, 3)
 
 

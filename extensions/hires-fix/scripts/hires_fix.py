@@ -209,9 +209,10 @@ class HiresFix(Script):
         return result.images[0] if result.images else event.images[i]
 
     def values_from_infotext(self, fields: dict) -> dict:
-        """Enabled, with the infotext's hires settings, when it has "Hires upscale" or "Hires resize"."""
+        """Enabled, with the infotext's hires settings, when it has "Hires upscale" or "Hires resize" (else
+        disabled, as A1111 pastes it)."""
         if "Hires upscale" not in fields and "Hires resize-1" not in fields:
-            return {}
+            return {"enable": False}
         out = {"enable": True, "hr_scale": fields.get("Hires upscale", 2.0),
                "hr_resize_x": fields.get("Hires resize-1", 0), "hr_resize_y": fields.get("Hires resize-2", 0),
                "hr_second_pass_steps": fields.get("Hires steps", 0)}
