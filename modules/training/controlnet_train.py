@@ -1,6 +1,6 @@
 """Train a ControlNet for a loaded checkpoint (frozen UNet, text encoder and VAE) on CPU or GPU.
 
-    python -m modules.training.controlnet_train --out runs/controlnet [--steps 4000] [--batch 16] [--threads 2]
+    python -m modules.training.controlnet_train --out runs/controlnet [--steps 6500] [--batch 16] [--threads 2]
         [--base models/Stable-diffusion/demo-shapes.safetensors] [--data FOLDER]
     python -m modules.training.controlnet_train --out runs/controlnet
         --export-to models/ControlNet/demo-shapes-silhouette.safetensors
@@ -39,7 +39,7 @@ class ControlNetTrainConfig:
     """Schedule of a ControlNet run (defaults sized for the 64×64 demo model on a CPU)."""
 
     seed: int = 0
-    steps: int = 4000
+    steps: int = 6500
     batch: int = 16
     lr: float = 5e-4
     # diffusers also zero-initialises the hint encoder's last convolution; with it and the output convolutions both
