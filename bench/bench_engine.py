@@ -87,7 +87,8 @@ def main() -> None:
             stamps: list[float] = []
             hooks = HookRegistry()
             hooks.register(HookPoint.AFTER_CFG, lambda e: stamps.append(time.perf_counter()), "bench")
-            hooks.register(HookPoint.BEFORE_SAMPLING, lambda b: setattr(b, "latents", latents * (1 + float(b.sigmas[0]) ** 2) ** 0.5), "bench")
+            hooks.register(HookPoint.BEFORE_SAMPLING,
+                           lambda b: setattr(b, "latents", latents * (1 + float(b.sigmas[0]) ** 2) ** 0.5), "bench")
             with PeakRss() as mem:
                 t = time.perf_counter()
                 run_job(state, Txt2ImgParams(prompt=prompt, negative_prompt=negative, steps=steps, width=size,
@@ -101,7 +102,8 @@ def main() -> None:
             with PeakRss() as mem, torch.inference_mode():
                 t = time.perf_counter()
                 pipe(prompt, negative_prompt=negative, num_inference_steps=steps, height=size, width=size,
-                     latents=latents.clone(), callback_on_step_end=lambda p, i, ts, kw: (marks.append(time.perf_counter()), kw)[1])
+                     latents=latents.clone(),
+                     callback_on_step_end=lambda p, i, ts, kw: (marks.append(time.perf_counter()), kw)[1])
                 total = time.perf_counter() - t
             return total, statistics.median(b - a for a, b in zip(marks, marks[1:])), mem.peak
 

@@ -6,9 +6,10 @@
         --export-to models/ControlNet/demo-shapes-silhouette.safetensors
 
 The ControlNet starts as ``ControlNetModel.from_unet`` of the base UNet (zero output convolutions, so it begins
-as a no-op; the hint encoder's last convolution starts random, see ``zero_hint_output``) and learns the usual noise-prediction loss through the frozen UNet. The same command resumes from
-``<out>/controlnet_ckpt.pt``; every ``--checkpoint-minutes`` (and at the end) it also writes the EMA weights as
-``<out>/latest.safetensors`` in the original ``control_model.`` layout, which ``--export-to`` copies with metadata.
+as a no-op; the hint encoder's last convolution starts random, see ``zero_hint_output``) and learns the usual
+noise-prediction loss through the frozen UNet. The same command resumes from ``<out>/controlnet_ckpt.pt``; every
+``--checkpoint-minutes`` (and at the end) it also writes the EMA weights as ``<out>/latest.safetensors`` in the
+original ``control_model.`` layout, which ``--export-to`` copies (fp16) with metadata.
 
 A dataset gives ``(condition image, target image)`` pairs (RGB uint8) and captions; targets are VAE-encoded
 once into ``<out>/pool.pt``. The built-in shapes dataset renders the shapes world of the demo model with the
