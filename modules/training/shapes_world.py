@@ -101,10 +101,18 @@ def shape_box(scene: Scene) -> tuple[float, float, float]:
 
 def render(scene: Scene, resolution: int = 64, supersample: int = 4) -> np.ndarray:
     """Draw ``scene`` as an anti-aliased ``resolution``² RGB uint8 array."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
     big = resolution * supersample
     image = Image.new("RGB", (big, big), COLORS[scene.background])
+    return _draw_shape(image, scene, resolution)
+
+
+def _draw_shape(image, scene: Scene, resolution: int) -> np.ndarray:
+    """Draw the scene's shape on ``image`` (its supersampled background) and box-filter it down to ``resolution``."""
+    from PIL import Image, ImageDraw
+
+    big = image.size[0]
     draw = ImageDraw.Draw(image)
     cx, cy, side = (v * big for v in shape_box(scene))
     x0, y0, x1, y1 = cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2
@@ -113,6 +121,8 @@ def render(scene: Scene, resolution: int = 64, supersample: int = 4) -> np.ndarr
         draw.ellipse((x0, y0, x1, y1), fill=fill)
     elif scene.shape == "square":
         draw.rectangle((x0, y0, x1, y1), fill=fill)
+    elif scene.shape == STAR:
+        draw.polygon(star_points(cx, cy, side), fill=fill)
     else:
         draw.polygon([(cx, y0), (x1, y1), (x0, y1)], fill=fill)
     return np.asarray(image.resize((resolution, resolution), Image.Resampling.BOX))
@@ -186,29 +196,14 @@ def checker_parity(resolution: int) -> np.ndarray:
 def render_concept(scene: Scene, resolution: int = 64, supersample: int = 4) -> np.ndarray:
     """Like :func:`render`, with stars and checkered backgrounds (checks of the background color and
     ``CHECKER_COLOR``, the top-left check in the background color). Plain non-star scenes render identically."""
-    from PIL import Image, ImageDraw
+    from PIL import Image
 
-    if scene.shape != STAR and getattr(scene, "pattern", "plain") == "plain":
-        return render(scene, resolution, supersample)
     big = resolution * supersample
     background = np.empty((big, big, 3), dtype=np.uint8)
     background[:] = COLORS[scene.background]
     if getattr(scene, "pattern", "plain") == CHECKERED:
         background[checker_parity(big)] = COLORS[CHECKER_COLOR]
-    image = Image.fromarray(background)
-    draw = ImageDraw.Draw(image)
-    cx, cy, side = (v * big for v in shape_box(scene))
-    x0, y0, x1, y1 = cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2
-    fill = COLORS[scene.color]
-    if scene.shape == "circle":
-        draw.ellipse((x0, y0, x1, y1), fill=fill)
-    elif scene.shape == "square":
-        draw.rectangle((x0, y0, x1, y1), fill=fill)
-    elif scene.shape == STAR:
-        draw.polygon(star_points(cx, cy, side), fill=fill)
-    else:
-        draw.polygon([(cx, y0), (x1, y1), (x0, y1)], fill=fill)
-    return np.asarray(image.resize((resolution, resolution), Image.Resampling.BOX))
+    return _draw_shape(Image.fromarray(background), scene, resolution)
 
 
 def concept_caption(scene: Scene, rng: np.random.Generator | None = None, drop_prob: float = 0.15,
