@@ -147,15 +147,7 @@ def keymap(spec: ControlNetSpec) -> KeyMap:
 
 def to_diffusers(sd: dict, spec: ControlNetSpec, prefix: str) -> dict:
     """Original-layout tensors under ``prefix`` → diffusers ``ControlNetModel`` state dict (unknown keys raise)."""
-    km, out, unmapped = keymap(spec), {}, []
-    for k, v in sd.items():
-        if not k.startswith(prefix):
-            continue
-        dk = km.to_diffusers(k[len(prefix):])
-        if dk is None:
-            unmapped.append(k)
-        else:
-            out[dk] = v
+    out, unmapped = keymap(spec).convert(sd, prefix)
     if unmapped:
         raise UnknownLayoutError(f"{len(unmapped)} ControlNet tensors with unknown names, e.g. {unmapped[:3]}")
     return out

@@ -114,6 +114,19 @@ class KeyMap:
     def to_ldm(self, diffusers_key: str) -> str | None:
         return self._map(diffusers_key, self._rev)
 
+    def convert(self, sd: dict, prefix: str) -> tuple[dict, list[str]]:
+        """The tensors of ``sd`` under ``prefix`` renamed to diffusers names; (state dict, unmapped original keys)."""
+        out, unmapped = {}, []
+        for k, v in sd.items():
+            if not k.startswith(prefix):
+                continue
+            dk = self.to_diffusers(k[len(prefix):])
+            if dk is None:
+                unmapped.append(k)
+            else:
+                out[dk] = v
+        return out, unmapped
+
 
 def unet_keymap(spec: UNetSpec) -> KeyMap:
     return KeyMap(_unet_module_table(spec))
@@ -129,32 +142,14 @@ def _is_vae_attn_matrix(diffusers_key: str) -> bool:
 
 def convert_unet(sd: dict, spec: UNetSpec, prefix: str) -> tuple[dict, list[str]]:
     """LDM UNet tensors under ``prefix`` → diffusers state dict; returns (state dict, unmapped LDM keys)."""
-    km, out, unmapped = unet_keymap(spec), {}, []
-    for k, v in sd.items():
-        if not k.startswith(prefix):
-            continue
-        dk = km.to_diffusers(k[len(prefix):])
-        if dk is None:
-            unmapped.append(k)
-        else:
-            out[dk] = v
-    return out, unmapped
+    return unet_keymap(spec).convert(sd, prefix)
 
 
 def convert_vae(sd: dict, spec: VAESpec, prefix: str) -> tuple[dict, list[str]]:
     """LDM VAE tensors under ``prefix`` (may be "") → diffusers AutoencoderKL state dict."""
-    km, out, unmapped = vae_keymap(spec), {}, []
-    for k, v in sd.items():
-        if not k.startswith(prefix):
-            continue
-        dk = km.to_diffusers(k[len(prefix):])
-        if dk is None:
-            unmapped.append(k)
-            continue
-        if _is_vae_attn_matrix(dk) and v.ndim == 4:
-            v = v[:, :, 0, 0]
-        out[dk] = v
-    return out, unmapped
+    out, unmapped = vae_keymap(spec).convert(sd, prefix)
+    # the original VAE's attention projections are 1×1 convolutions; diffusers' are linear layers
+    return {k: v[:, :, 0, 0] if _is_vae_attn_matrix(k) and v.ndim == 4 else v for k, v in out.items()}, unmapped
 
 
 def export_unet(sd: dict, spec: UNetSpec, prefix: str) -> dict:
