@@ -162,16 +162,16 @@ class ControlNetScript(Script):
         """The units an infotext records (``ControlNet N: "Module: …, Model: …, …"``), enabled; a model that is
         not installed is left as it is (the panel shows the installed ones only)."""
         out = {}
-        for i in range(UNIT_COUNT):
-            text = fields.get(f"ControlNet {i}")
-            if not isinstance(text, str):
-                continue
+        recorded = {i: fields[f"ControlNet {i}"] for i in range(UNIT_COUNT)
+                    if isinstance(fields.get(f"ControlNet {i}"), str)}
+        if recorded:
+            self.catalog.refresh()
+        for i, text in recorded.items():
             unit = dict(parse_parameter_line(text))
             out[f"unit{i}_enabled"] = True
             for key, name in _INFOTEXT_KEYS.items():
                 if key in unit:
                     out[f"unit{i}_{name}"] = unit[key]
-            self.catalog.refresh()
             info = self.catalog.find(unit.get("Model", ""))
             if info is not None:
                 out[f"unit{i}_model"] = info.title
