@@ -4,7 +4,9 @@ Reports seconds per step, end-to-end seconds and the RSS peak during each run, f
 after an untimed 3-step warm-up of each at every size, alternating the two (and who goes first) so that background
 load and warm-up effects affect both alike. Weights are random (fp16 file, loaded in the
 device's dtype); the work per step is that of a real SD1.5.
-Run: python bench/bench_engine.py [--sizes 256 512] [--steps 20] [--repeats 2] [--device cpu|cuda]
+With ``--ngms SIGMA`` ours also runs with A1111's "Negative Guidance minimum sigma" (off by default, as in A1111):
+the uncond pass is left out on every other step below that sigma; reported as an extra end-to-end ratio.
+Run: python bench/bench_engine.py [--sizes 256 512] [--steps 20] [--repeats 2] [--device cpu|cuda] [--ngms 1.0]
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--keep", type=Path, help="folder for the generated checkpoint (reused if present)")
+    ap.add_argument("--ngms", type=float, default=0.0, help="also time ours with this NGMS sigma (0: not)")
     args = ap.parse_args()
 
     import torch
@@ -81,9 +84,9 @@ def main() -> None:
 
     for size in args.sizes:
         latents = torch.randn(1, 4, size // 8, size // 8, generator=torch.Generator().manual_seed(0))
-        rows = {"ours": [], "diffusers": []}
+        rows = {"ours": [], "diffusers": [], "ours+NGMS": []}
 
-        def run_ours(steps: int):
+        def run_ours(steps: int, ngms: float = 0.0):
             stamps: list[float] = []
             hooks = HookRegistry()
             hooks.register(HookPoint.AFTER_CFG, lambda e: stamps.append(time.perf_counter()), "bench")
@@ -93,7 +96,8 @@ def main() -> None:
                 t = time.perf_counter()
                 run_job(state, Txt2ImgParams(prompt=prompt, negative_prompt=negative, steps=steps, width=size,
                                              height=size, sampler_name="DPM++ 2M", scheduler="Karras",
-                                             do_not_save_samples=True, do_not_save_grid=True), extra_hooks=hooks)
+                                             s_min_uncond=ngms, do_not_save_samples=True, do_not_save_grid=True),
+                        extra_hooks=hooks)
                 total = time.perf_counter() - t
             return total, statistics.median(b - a for a, b in zip(stamps, stamps[1:])), mem.peak
 
@@ -108,16 +112,21 @@ def main() -> None:
             return total, statistics.median(b - a for a, b in zip(marks, marks[1:])), mem.peak
 
         runners = {"ours": run_ours, "diffusers": run_diffusers}
+        if args.ngms:
+            runners["ours+NGMS"] = lambda steps: run_ours(steps, args.ngms)
         for run in runners.values():  # untimed warm-up at this size: the first run pays for kernel and memory set-up
             run(3)
         for repeat in range(args.repeats):  # alternate who goes first
-            for name in (("ours", "diffusers") if repeat % 2 == 0 else ("diffusers", "ours")):
+            for name in (list(runners) if repeat % 2 == 0 else list(reversed(runners))):
                 rows[name].append(runners[name](args.steps))
-        med = {k: tuple(statistics.median(r[i] for r in v) for i in range(3)) for k, v in rows.items()}
+        med = {k: tuple(statistics.median(r[i] for r in v) for i in range(3)) for k, v in rows.items() if v}
         o, d = med["ours"], med["diffusers"]
         print(f"{size}x{size}: ours {o[1]:.3f} s/step, {o[0]:.2f} s end-to-end, peak RSS {o[2] / 2**30:.2f} GiB | "
               f"diffusers {d[1]:.3f} s/step, {d[0]:.2f} s, peak RSS {d[2] / 2**30:.2f} GiB | "
               f"ratio per step {o[1] / d[1]:.3f}, end-to-end {o[0] / d[0]:.3f}")
+        if args.ngms:
+            n = med["ours+NGMS"]
+            print(f"  with NGMS {args.ngms}: ours {n[0]:.2f} s end-to-end, ratio end-to-end {n[0] / d[0]:.3f}")
         if args.device != "cpu":
             print(f"  it/s: ours {1 / o[1]:.2f}, diffusers {1 / d[1]:.2f}")
 

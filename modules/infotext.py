@@ -241,6 +241,8 @@ _FIELDS: tuple[tuple[str, str, Callable[[object], object]], ...] = (
     ("seed_resize_from_h", "Seed resize from-2", int),
     ("denoising_strength", "Denoising strength", float),
     ("clip_skip", "Clip skip", int),
+    ("s_min_uncond", "NGMS", float),
+    ("s_min_uncond_all", "NGMS all steps", _as_bool_true),
     ("sd_model_hash", "Model hash", str),
     ("sd_model_name", "Model", str),
     ("sd_vae_hash", "VAE hash", str),

@@ -32,6 +32,8 @@ class Settings:
     eta_noise_seed_delta: int = 0
     img2img_fix_steps: bool = False
     initial_noise_multiplier: float = 1.0
+    s_min_uncond: float = 0.0  # NGMS: skip the negative prompt on every other step below this sigma (0 = off)
+    s_min_uncond_all: bool = False  # NGMS on every step, not every other one
     # live preview
     live_previews_enable: bool = True
     show_progress_every_n_steps: int = 1
@@ -109,6 +111,8 @@ def _validated(values: dict) -> dict:
         out[name] = value
     if out.get("CLIP_stop_at_last_layers", 1) < 1:
         raise ValueError("setting 'CLIP_stop_at_last_layers' must be >= 1")
+    if out.get("s_min_uncond", 0.0) < 0:
+        raise ValueError("setting 's_min_uncond' must be >= 0")
     return out
 
 

@@ -136,6 +136,9 @@ def test_infotext_field_fills_what_the_request_leaves_out(http):
         ("a blue square", "ugly", 2, 4.0, 77)
     given = json.loads(http.post("/txt2img", json={"infotext": infotext, "seed": 5}).json()["info"])
     assert given["seed"] == 5 and given["steps"] == 2
+    ngms = json.loads(http.post("/txt2img", json={"infotext": infotext + ", NGMS: 2.5, NGMS all steps: True"})
+                      .json()["info"])
+    assert "NGMS: 2.5, NGMS all steps: True" in ngms["infotexts"][0]
 
 
 def test_hires_fields_and_alwayson_scripts_named_and_positional(http):
@@ -179,6 +182,7 @@ BAD_REQUESTS = [
     ("/txt2img", {"override_settings": {"no_such_setting": 1}}, 400, "override_settings"),
     ("/txt2img", {"override_settings": {"sd_vae": "missing.safetensors"}}, 400, "sd_vae"),
     ("/txt2img", {"steps": "many"}, 422, "steps"),
+    ("/txt2img", {"s_min_uncond": -1}, 422, "s_min_uncond"),
     ("/img2img", {"init_images": ["not base64 !!"]}, 400, "init_images[0]"),
     ("/img2img", {"init_images": [base64.b64encode(b"hello").decode()]}, 400, "init_images[0]"),
     ("/img2img", {"init_images": []}, 422, "init_images"),

@@ -237,6 +237,25 @@ def test_cfg_one_skips_uncond_and_prompt_schedule_switches(state):
     assert rows == [3, 3]  # two sub-prompts + uncond in one batch
 
 
+def test_ngms_leaves_out_the_uncond_pass_below_its_sigma(state):
+    calls = []
+    hooks = HookRegistry()
+    hooks.register(HookPoint.BEFORE_UNET, lambda c: calls.append((c.step, float(c.sigma[0]), c.x.shape[0])), "t")
+    plain = t2i(state, steps=6, prompt="red")
+    threshold = 3.0
+    r = run_job(state, Txt2ImgParams(prompt="red", steps=6, width=64, height=64, seed=1, sampler_name="Euler",
+                                     s_min_uncond=threshold, do_not_save_samples=True), extra_hooks=hooks)
+    assert len(calls) == 6 and any(s < threshold for _, s, _ in calls) and any(s >= threshold for _, s, _ in calls)
+    assert [rows for _, _, rows in calls] == [1 if s < threshold and step % 2 else 2 for step, s, _ in calls]
+    assert "NGMS: 3.0" in r.infotexts[0] and "NGMS all steps" not in r.infotexts[0]
+    assert not np.array_equal(px(r.images[0]), px(plain.images[0]))
+    # below every sigma on every step: the cond estimate alone, exactly CFG 1
+    every = t2i(state, prompt="red", steps=6, s_min_uncond=99.0, override_settings={"s_min_uncond_all": True})
+    assert np.array_equal(px(every.images[0]), px(t2i(state, prompt="red", steps=6, cfg_scale=1.0).images[0]))
+    assert "NGMS all steps: True" in every.infotexts[0]
+    assert np.array_equal(px(t2i(state, prompt="red", steps=6, s_min_uncond=0.0).images[0]), px(plain.images[0]))
+
+
 def test_bad_input_is_a_clear_error(state):
     with pytest.raises(ParamError, match="sampler_name.*Euler"):
         t2i(state, sampler_name="Nope")

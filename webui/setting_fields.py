@@ -38,6 +38,9 @@ SECTIONS: dict[str, dict[str, str]] = {
         "img2img_fix_steps": "img2img: do exactly the number of steps the slider says",
         "initial_noise_multiplier": "Noise multiplier for img2img",
         "inpainting_mask_weight": "Inpainting conditioning mask strength",
+        "s_min_uncond": "Negative Guidance minimum sigma (NGMS): below it, skip the negative prompt on every other "
+                        "step (faster, a little less guidance at the end); 0 = off",
+        "s_min_uncond_all": "NGMS: skip the negative prompt on every step below that sigma, not every other one",
     },
     "Live previews": {
         "live_previews_enable": "Show live previews of the image being made",

@@ -38,6 +38,9 @@ class GenerationRequest(BaseModel):
     do_not_save_samples: bool = False
     do_not_save_grid: bool = False
     eta: float | None = None
+    s_min_uncond: float | None = Field(None, ge=0, le=100,
+                                       description="NGMS: skip the negative prompt on every other step below this "
+                                                   "sigma; empty: the s_min_uncond setting")
     denoising_strength: float | None = Field(None, ge=0, le=1)
     override_settings: dict[str, Any] | None = Field(None, description="settings for this request only")
     override_settings_restore_afterwards: bool = Field(True, description="accepted; overrides never outlive a job")

@@ -219,6 +219,8 @@ def apply_infotext(state, req: m.GenerationRequest) -> m.GenerationRequest:
     overrides = dict(req.override_settings or {})
     if "clip_skip" in parsed:
         overrides.setdefault("CLIP_stop_at_last_layers", parsed["clip_skip"])
+    if parsed.get("s_min_uncond_all"):
+        overrides.setdefault("s_min_uncond_all", True)
     for key in ("sd_model_name", "sd_model_hash"):
         info = state.checkpoints.find(str(parsed[key])) if parsed.get(key) else None
         if info is not None:
@@ -241,7 +243,7 @@ def to_params(state, req: m.GenerationRequest) -> GenerationParams:
         restore_faces=bool(req.restore_faces), tiling=bool(req.tiling), override_settings=_overrides(state, req),
         override_settings_restore_afterwards=req.override_settings_restore_afterwards,
         do_not_save_samples=req.do_not_save_samples or not req.save_images,
-        do_not_save_grid=req.do_not_save_grid or not req.save_images, eta=req.eta,
+        do_not_save_grid=req.do_not_save_grid or not req.save_images, eta=req.eta, s_min_uncond=req.s_min_uncond,
     )
     if isinstance(req, m.Img2ImgRequest):
         if not req.init_images:

@@ -1,8 +1,8 @@
 """The denoiser the samplers call: classifier-free guidance over the UNet, with the hook points around it.
 
 All sub-prompts (AND) of all images and the uncond rows go through the UNet in one batch; the uncond rows are
-left out when CFG is 1 and every image has a single sub-prompt of weight 1. Result per image:
-``uncond + Σ w_j · cfg · (cond_j − uncond)``.
+left out when CFG is 1 and every image has a single sub-prompt of weight 1, and on the steps :class:`UncondSkip`
+(A1111's NGMS) picks. Result per image: ``uncond + Σ w_j · cfg · (cond_j − uncond)``.
 """
 from __future__ import annotations
 
@@ -28,10 +28,24 @@ class InpaintBlend:
     keep: torch.Tensor  # [B or 1, 1, h, w], 1 = keep original
 
 
+@dataclass(frozen=True)
+class UncondSkip:
+    """A1111's "Negative Guidance minimum sigma" (NGMS): once sigma is below ``min_sigma``, the uncond rows are left
+    out on every other step (on every step with ``every_step``); such a step uses the first sub-prompt's estimate
+    as the uncond, so a single prompt gets its plain cond estimate. ``min_sigma`` 0 = off."""
+
+    min_sigma: float = 0.0
+    every_step: bool = False
+
+    def skips(self, sigma: float, step: int) -> bool:
+        return sigma < self.min_sigma and (self.every_step or step % 2 == 1)
+
+
 class CFGDenoiser:
     def __init__(self, model, schedule: DiscreteSchedule, conds: list[ImageConds], cfg_scale: float, hooks: JobHooks,
                  params, total_steps: int, empty: Conditioning, image_cond: torch.Tensor | None = None,
-                 blend: InpaintBlend | None = None, size: tuple[int, int] = (512, 512), offloader=None):
+                 blend: InpaintBlend | None = None, size: tuple[int, int] = (512, 512), offloader=None,
+                 uncond_skip: UncondSkip = UncondSkip()):
         self.model = model
         self.schedule = schedule
         self.conds = conds
@@ -44,6 +58,7 @@ class CFGDenoiser:
         self.blend = blend
         self.size = size  # (height, width) for SDXL time ids
         self.offloader = offloader
+        self.uncond_skip = uncond_skip
         self.step = 0
         self.use_uncond = not (self.cfg == 1.0 and all(c.plain for c in conds))
         self.prediction = "v_prediction" if model.spec.prediction == "v" else "epsilon"
@@ -52,12 +67,12 @@ class CFGDenoiser:
         """Sampler callback: the next model call belongs to step ``info.step + 1``."""
         self.step = info.step + 1
 
-    def _rows(self):
+    def _rows(self, with_uncond: bool):
         rows: list[tuple[int, float | None, Conditioning]] = []  # (image, weight or None for uncond, cond)
         for i, c in enumerate(self.conds):
             for weight, sched in c.subprompts:
                 rows.append((i, weight, at_step(sched, self.step)))
-            if self.use_uncond:
+            if with_uncond:
                 rows.append((i, None, at_step(c.uncond, self.step)))
         return rows
 
@@ -103,7 +118,8 @@ class CFGDenoiser:
         return out.float()
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-        rows = self._rows()
+        skipped = self.use_uncond and self.uncond_skip.skips(float(sigma.max()), self.step)
+        rows = self._rows(self.use_uncond and not skipped)
         conds = [r[2] for r in rows]
         index = torch.tensor([r[0] for r in rows], device=x.device)
         x_rows = x[index]
@@ -128,6 +144,8 @@ class CFGDenoiser:
             mine = [(r[1], denoised_rows[j]) for j, r in enumerate(rows) if r[0] == i]
             uncond = next((d for w, d in mine if w is None), None)
             positives = [(w, d) for w, d in mine if w is not None]
+            if skipped:
+                uncond = positives[0][1]
             if uncond is None:
                 result[i] = sum(w * d for w, d in positives)
             else:

@@ -49,6 +49,7 @@ class GenerationParams:
     do_not_save_samples: bool = False
     do_not_save_grid: bool = False
     eta: float | None = None
+    s_min_uncond: float | None = None  # NGMS; None: the s_min_uncond setting
 
     kind = "txt2img"
 
@@ -73,6 +74,8 @@ class GenerationParams:
             raise ParamError("batch_size", "width × height × batch_size is too large for one batch")
         if not 0 <= float(self.cfg_scale) <= 100:
             raise ParamError("cfg_scale", f"{self.cfg_scale} is outside 0..100")
+        if self.s_min_uncond is not None and not 0 <= float(self.s_min_uncond) <= 100:
+            raise ParamError("s_min_uncond", f"{self.s_min_uncond} is outside 0..100")
         if not 0 <= float(self.subseed_strength) <= 1:
             raise ParamError("subseed_strength", f"{self.subseed_strength} is outside 0..1")
         if self.clip_skip is not None and not 1 <= int(self.clip_skip) <= 12:

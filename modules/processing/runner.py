@@ -26,7 +26,7 @@ from ..sampling.schedules import img2img_sigmas
 from ..text_encoding import PromptEncoder
 from . import image_ops, outputs
 from .conditioning import build_conds
-from .denoiser import CFGDenoiser, InpaintBlend
+from .denoiser import CFGDenoiser, InpaintBlend, UncondSkip
 from .params import GenerationParams, Img2ImgParams, ParamError
 from .progress import JobProgress
 
@@ -168,6 +168,13 @@ def _noise(job: _Job, seeds, subseeds, shape, state) -> SeededNoise:
         eta_noise_seed_delta=job.settings.eta_noise_seed_delta))
 
 
+def _uncond_skip(job: _Job) -> UncondSkip:
+    """NGMS from the request, else from the settings."""
+    p = job.params
+    sigma = float(p.s_min_uncond if p.s_min_uncond is not None else job.settings.s_min_uncond)
+    return UncondSkip(sigma, job.settings.s_min_uncond_all)
+
+
 def _run_batch(state, job: _Job, iteration: int, lo: int, hi: int, bar) -> None:
     p, model, result, progress = job.params, job.model, job.result, job.progress
     seeds, subseeds = result.seeds[lo:hi], result.subseeds[lo:hi]
@@ -198,7 +205,7 @@ def _run_batch(state, job: _Job, iteration: int, lo: int, hi: int, bar) -> None:
     before = BeforeSampling(p, x, sigmas, seeds, iteration, model)
     job.hooks.run(HookPoint.BEFORE_SAMPLING, before)
     denoiser = CFGDenoiser(model, job.schedule, conds, p.cfg_scale, job.hooks, p, len(before.sigmas) - 1, empty,
-                           image_cond, blend, (p.height, p.width), state.models.offloader)
+                           image_cond, blend, (p.height, p.width), state.models.offloader, _uncond_skip(job))
     every = max(1, job.settings.show_progress_every_n_steps)
 
     def callback(info) -> None:
@@ -339,6 +346,10 @@ def _infotext_params(job: _Job, index: int, clip_skip: int) -> dict:
         fields["Masked area padding"] = p.inpaint_full_res_padding if p.inpaint_full_res else None
     if job.settings.emphasis != "Original":
         fields["Emphasis"] = job.settings.emphasis
+    skip = _uncond_skip(job)
+    if skip.min_sigma:
+        fields["NGMS"] = skip.min_sigma
+        fields["NGMS all steps"] = skip.every_step or None
     fields.update({k: v for k, v in job.extra_fields.items() if not k.startswith("_")})
     extra = InfotextFields({}, p)
     job.hooks.run(HookPoint.INFOTEXT, extra)
