@@ -3,9 +3,11 @@
 Generates full-caption images (default 200; DPM++ 2M Karras, 20 steps, CFG 7, 64×64) and reports the judge's
 accuracy per attribute, then the same at CFG 1, the negative prompt "red" with "a circle", prompt weighting
 (red:1.4) vs (red:0.6), img2img at strength 0.3 (shape and position kept) and inpainting (pixels outside the mask
-unchanged). Targets (issue 4): shape color ≥ .90, background ≥ .90, shape / position / size ≥ .80.
+unchanged). Targets (issue 4): shape color ≥ .90, background ≥ .90, shape / position / size ≥ .80. With ``--ngms``
+the CFG 7 accuracy is also measured with A1111's NGMS at that sigma (the engine's uncond-skipping speed option).
 
     python bench/bench_demo_quality.py [--images 200] [--ckpt models/Stable-diffusion/demo-shapes.safetensors]
+                                       [--ngms 1.0]
 """
 from __future__ import annotations
 
@@ -41,14 +43,14 @@ def make_state(ckpt: Path, data_dir: Path):
     return state
 
 
-def generate(state, prompt: str, seed: int, cfg: float = 7.0, negative: str = "", **img2img) -> np.ndarray:
-    """One 64×64 image through run_job (DPM++ 2M Karras, 20 steps); img2img when ``init_images`` is given."""
+def generate(state, prompt: str, seed: int, cfg: float = 7.0, negative: str = "", **extra) -> np.ndarray:
+    """One 64×64 image through run_job (DPM++ 2M Karras, 20 steps); img2img when ``extra`` has ``init_images``."""
     from modules.processing.params import Img2ImgParams, Txt2ImgParams
     from modules.processing.runner import run_job
 
     common = dict(prompt=prompt, negative_prompt=negative, seed=seed, steps=20, cfg_scale=cfg, width=64, height=64,
                   sampler_name="DPM++ 2M", scheduler="Karras", do_not_save_samples=True, do_not_save_grid=True)
-    params = Img2ImgParams(**common, **img2img) if img2img else Txt2ImgParams(**common)
+    params = (Img2ImgParams if "init_images" in extra else Txt2ImgParams)(**common, **extra)
     return np.asarray(run_job(state, params).images[0].convert("RGB"))
 
 
@@ -57,8 +59,8 @@ def scenes_for(n: int, seed: int) -> list[world.Scene]:
     return [world.sample_scene(rng, jitter=False) for _ in range(n)]
 
 
-def judged_accuracy(state, scenes, cfg: float) -> dict[str, float]:
-    images = [generate(state, world.full_caption(s), seed=i, cfg=cfg) for i, s in enumerate(scenes)]
+def judged_accuracy(state, scenes, cfg: float, **extra) -> dict[str, float]:
+    images = [generate(state, world.full_caption(s), seed=i, cfg=cfg, **extra) for i, s in enumerate(scenes)]
     return accuracy(images, scenes)
 
 
@@ -79,6 +81,7 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--side-images", type=int, default=50, help="images per side measurement")
     ap.add_argument("--json", type=Path, help="also write the numbers here")
+    ap.add_argument("--ngms", type=float, default=0.0, help="also judge CFG 7 with this NGMS sigma (0: not)")
     args = ap.parse_args()
     started = time.perf_counter()
     report: dict = {"checkpoint": args.ckpt.name}
@@ -89,6 +92,10 @@ def main() -> None:
             report[f"cfg{cfg:g}"] = judged_accuracy(state, scenes, cfg)
             print(f"CFG {cfg:g}, {len(scenes)} full captions: " +
                   ", ".join(f"{a} {report[f'cfg{cfg:g}'][a]:.2f}" for a in ATTRIBUTES), flush=True)
+        if args.ngms:
+            report["cfg7_ngms"] = judged_accuracy(state, scenes, 7.0, s_min_uncond=args.ngms)
+            judged = report["cfg7_ngms"]
+            print(f"CFG 7 with NGMS {args.ngms:g}: " + ", ".join(f"{a} {judged[a]:.2f}" for a in ATTRIBUTES))
 
         n = args.side_images
         colors = [judge(generate(state, "a circle", seed=i, negative="red")).color for i in range(n)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bench.bench_demo_quality import DEMO, generate, make_state
+from bench.bench_demo_quality import DEMO, generate, make_state, redness
 from modules.models.safetensors_file import read_shapes
 from modules.training.judge import judge
 
@@ -47,6 +47,14 @@ def test_same_seed_same_image_and_cfg_matters(state):
     assert np.array_equal(first, generate(state, prompt, seed=5))
     assert not np.array_equal(first, generate(state, prompt, seed=6))
     assert np.abs(first.astype(int) - generate(state, prompt, seed=5, cfg=1.0).astype(int)).mean() > 5
+
+
+def test_prompt_weighting_moves_the_redness(state):
+    def mean_redness(weight: float) -> float:
+        return float(np.mean([redness(generate(state, f"a (red:{weight}) circle on a blue background", seed=s))
+                              for s in range(4)]))
+
+    assert mean_redness(1.4) > mean_redness(0.6) + 20
 
 
 def test_demo_lora_draws_checks_and_at_weight_zero_changes_nothing(state):

@@ -1,13 +1,15 @@
 """Train the bundled demo model (shapes world) on CPU: VAE first, then text encoder + UNet jointly.
 
-    python -m modules.training.demo_model --out runs/demo --seed 0 [--stage vae|base|all|decoder|eval|export]
+    python -m modules.training.demo_model --out runs/demo --seed 0 [--stage STAGE]
 
-The same command resumes from the last checkpoint in ``--out``. Outputs (diffusers/transformers folders):
-``<out>/vae`` (latent space rescaled so latents × 0.18215 have unit variance), ``<out>/latest/`` (EMA UNet and text
-encoder at the last checkpoint) and ``<out>/final/`` when the run ends. Logs go to stdout, accuracies of the judge
-on sampled images to ``<out>/eval.jsonl``. ``--stage decoder`` fine-tunes only the VAE decoder (into
-``<out>/vae_decoder``, preferred by eval/export when present); ``--stage export`` writes the fp16 SD1 single file
-(default ``models/Stable-diffusion/demo-shapes.safetensors``); ``--stage eval`` judges the final (else latest) EMA weights at CFG 7 and 1.
+The same command resumes from the last checkpoint in ``--out``. Stages, in order (``all`` runs them one after the
+other; ``decoder`` may run beside ``base``): ``vae`` (``<out>/vae``, latent space rescaled so latents × 0.18215 have
+unit variance); ``base`` (text encoder + UNet from scratch; EMA weights in ``<out>/latest/`` at each checkpoint and
+``<out>/final/`` at the end); ``decoder`` (decoder only, encoder frozen: ``<out>/vae_decoder``); ``color`` (whole
+VAE for flat-region color, latents anchored: ``<out>/vae_color``); ``retune`` (the base model on the color VAE's
+latents: ``<out>/retuned``). ``export`` writes the most finished weights as the fp16 SD1 single file (default
+``models/Stable-diffusion/demo-shapes.safetensors``); ``eval`` judges them at CFG 7 and 1. Judge accuracies of
+sampled images during training go to ``<out>/eval.jsonl``.
 """
 from __future__ import annotations
 
@@ -49,11 +51,20 @@ class DemoConfig:
     vae_kl: float = 1e-6
     vae_edge: float = 1.0
     decoder_steps: int = 1000  # decoder fine-tuning (encoder frozen), beside the base stage
+    color_steps: int = 1000  # whole-VAE fine-tune for flat-region color, latents anchored to the base stage's
+    # the bundled VAE: a 600-step run (round-trip purple .51), resumed to 1000 (.79); the resume restarts the cosine
+    # of the longer schedule where it stands (see _lr_factor)
+    color_restarts: tuple[int, ...] = (600,)
+    color_weight: float = 4.0
+    color_anchor: float = 0.5
+    retune_steps: int = 1000  # UNet + text encoder on the color-tuned VAE's latents, from the base model's EMA
+    retune_lr_factor: float = 0.2
+    retune_ema_decay: float = 0.998
     pool_jitters: int = 3
     base_steps: int = 5000
     # the learning rate's cosine first ends here, then restarts (warm) and decays again until base_steps: the bundled
     # model was trained as a 2600-step run, then resumed to 5000 steps (position accuracy went from .45 to 1.0)
-    base_first_cycle: int = 2600
+    base_restarts: tuple[int, ...] = (2600,)
     base_batch: int = 64
     base_lr: float = 8e-4
     warmup: int = 200
@@ -144,11 +155,11 @@ def _log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def _lr_factor(step: int, total: int, warmup: int, first_cycle: int = 0) -> float:
-    """Linear warm-up, then a cosine from 1 to 0.1 over ``total`` steps; with ``first_cycle``, a first cosine ends
-    there and the rest follows the ``total``-step cosine from that point on (a warm restart)."""
-    if 0 < first_cycle and step < first_cycle < total:
-        total = first_cycle
+def _lr_factor(step: int, total: int, warmup: int, restarts: tuple[int, ...] = ()) -> float:
+    """Linear warm-up, then a cosine from 1 to 0.1 over ``total`` steps. ``restarts`` are the lengths of earlier,
+    shorter schedules of a resumed run: before the first one the cosine of that length applies, then up to the next
+    the cosine of the next length from where it stands (a warm restart), and so on up to ``total``."""
+    total = next((end for end in sorted(restarts) if step < end < total), total)
     if step < warmup:
         return (step + 1) / warmup
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
@@ -341,12 +352,91 @@ def finetune_decoder(cfg: DemoConfig, out: Path) -> None:
     bar.close()
 
 
-def load_best_vae(out: Path):
-    """``out/vae_decoder`` (fine-tuned decoder) when present, else ``out/vae``."""
+def _region_color_loss(recon, x):
+    """L1 between the mean colors of the shape (pixels off the corner color) and of the background."""
+    fg = ((x - x[:, :, :1, :1]).abs().sum(1, keepdim=True) > 0.05).float()
+    loss = 0.0
+    for mask in (fg, 1.0 - fg):
+        area = mask.sum(dim=(2, 3)).clamp(min=1.0)
+        loss = loss + ((recon * mask).sum(dim=(2, 3)) / area - (x * mask).sum(dim=(2, 3)) / area).abs().mean()
+    return loss
+
+
+def finetune_vae_color(cfg: DemoConfig, out: Path) -> None:
+    """Fine-tune encoder and decoder of the best VAE for flat-region color; writes ``out/vae_color``. Resumable.
+
+    The decoder alone could not get purple/green right (the encoder's latents mix them up), so both train, with an
+    extra loss on the mean shape and background colors and an anchor that keeps the posterior means close to the
+    frozen starting encoder's, so the UNet trained on the old latents needs only a short re-tune (``--stage retune``).
+    """
+    import torch
+    from tqdm import tqdm
+
+    vae = decoder_tuned_vae(out)
+    reference = copy.deepcopy(vae).requires_grad_(False)
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr * 0.2, weight_decay=0.0)
+    ckpt_path, step = out / "color_ckpt.pt", 0
+    if ckpt_path.exists():
+        state = torch.load(ckpt_path, weights_only=False)
+        vae.load_state_dict(state["vae"])
+        opt.load_state_dict(state["opt"])
+        step = state["step"]
+        _log(f"color fine-tune resumed at step {step}")
+    last_save = time.time()
+    bar = tqdm(total=cfg.color_steps, initial=step, desc="vae color", mininterval=30, file=sys.stderr)
+    vae.train()
+    while step < cfg.color_steps:
+        rng = np.random.default_rng([cfg.seed, 7, step])
+        x = _images_to_tensor([world.render(world.sample_scene(rng), cfg.resolution) for _ in range(cfg.vae_batch)])
+        for group in opt.param_groups:
+            group["lr"] = cfg.vae_lr * 0.2 * _lr_factor(step, cfg.color_steps, 20, cfg.color_restarts)
+        posterior = vae.encode(x).latent_dist
+        with torch.no_grad():
+            anchor_mean = reference.encode(x).latent_dist.mean
+        z = posterior.sample(generator=torch.Generator().manual_seed(cfg.seed * 11 + step))
+        recon = vae.decode(z).sample
+        rec, edge = _reconstruction_losses(recon, x)
+        color = _region_color_loss(recon, x)
+        drift = ((posterior.mean - anchor_mean) * SCALING_FACTOR).pow(2).mean()
+        loss = rec + cfg.vae_edge * edge + cfg.color_weight * color + cfg.color_anchor * drift
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        bar.update(1)
+        if step % 25 == 0:
+            _log(f"color step {step} rec {rec.item():.4f} color {color.item():.4f} drift {drift.item():.5f}")
+        if time.time() - last_save > cfg.checkpoint_minutes * 60 or step == cfg.color_steps:
+            _save_atomic({"vae": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt_path)
+            vae.eval()
+            vae.save_pretrained(out / "vae_color")
+            (out / "vae_color" / "step.txt").write_text(str(step))
+            _log(f"color step {step}: round trip {vae_roundtrip_accuracy(vae, cfg, 200)}")
+            vae.train()
+            last_save = time.time()
+    bar.close()
+
+
+def decoder_tuned_vae(out: Path):
+    """``out/vae_decoder`` (fine-tuned decoder, same encoder) when present, else ``out/vae``."""
     from diffusers import AutoencoderKL
 
     folder = out / "vae_decoder" if (out / "vae_decoder" / "config.json").exists() else out / "vae"
     return AutoencoderKL.from_pretrained(folder).eval()
+
+
+def model_folder(out: Path) -> Path:
+    """The most finished EMA weights of ``out``: ``retuned/``, else ``final/``, else ``latest/``."""
+    return next(out / name for name in ("retuned", "final", "latest") if (out / name / "unet").exists())
+
+
+def model_vae(out: Path):
+    """The VAE that belongs to ``model_folder(out)``'s UNet."""
+    from diffusers import AutoencoderKL
+
+    vae_folder = model_folder(out) / "vae"
+    return AutoencoderKL.from_pretrained(vae_folder).eval() if vae_folder.exists() else decoder_tuned_vae(out)
 
 
 # --------------------------------------------------------------------------- base stage
@@ -401,44 +491,55 @@ def _ema_update(ema, model, decay: float) -> None:
         torch._foreach_lerp_(ema_p, model_p, 1.0 - decay)
 
 
-def train_base(cfg: DemoConfig, out: Path) -> None:
-    """Train text encoder + UNet on the pre-encoded latent pool; EMA copies are what gets evaluated and saved."""
+@dataclass
+class _DenoiserRun:
+    """One run of the text encoder + UNet training loop: where it checkpoints, its random stream and schedule."""
+
+    name: str
+    steps: int
+    lr: float
+    warmup: int
+    restarts: tuple[int, ...]
+    ema_decay: float
+    stream: int  # numpy/torch random stream of the run's batches
+    ckpt_path: Path
+    final: Path  # folder written at the end: unet/, text_encoder/, vae/
+
+
+def _fit_denoiser(cfg: DemoConfig, out: Path, run: _DenoiserRun, unet, text_encoder, tokens, pool, vae) -> None:
+    """Train ``unet`` + ``text_encoder`` on ``pool`` (eps-prediction, SD1 schedule); EMA copies are evaluated and saved.
+
+    Resumes from ``run.ckpt_path``; writes the EMA weights to ``<out>/latest`` at each checkpoint and to ``run.final``
+    (with ``vae``) at the end.
+    """
     import torch
-    from diffusers import AutoencoderKL
     from tqdm import tqdm
 
-    vae = AutoencoderKL.from_pretrained(out / "vae").eval()
-    pool = build_latent_pool(vae, cfg, out / "latent_pool.pt")
     scenes = [world.Scene(**s) for s in pool["scenes"]]
-    torch.manual_seed(cfg.seed)
-    unet, text_encoder = build_unet(cfg), build_text_encoder(cfg)
-    tokens = _Tokens()
-    if cfg.word_embedding_norm > 0:
-        spread_word_embeddings(text_encoder, tokens.tokenizer, caption_words(), cfg.word_embedding_norm)
     ema_unet, ema_text = copy.deepcopy(unet).requires_grad_(False), copy.deepcopy(text_encoder).requires_grad_(False)
     params = list(unet.parameters()) + list(text_encoder.parameters())
-    opt = torch.optim.AdamW(params, lr=cfg.base_lr, weight_decay=0.01)
-    ckpt_path, step = out / "base_ckpt.pt", 0
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=False)
+    opt = torch.optim.AdamW(params, lr=run.lr, weight_decay=0.01)
+    step = 0
+    if run.ckpt_path.exists():
+        state = torch.load(run.ckpt_path, weights_only=False)
         for name, module in (("unet", unet), ("text", text_encoder), ("ema_unet", ema_unet), ("ema_text", ema_text)):
             module.load_state_dict(state[name])
         opt.load_state_dict(state["opt"])
         step = state["step"]
-        _log(f"base resumed at step {step}")
-    _log(f"UNet {count_parameters(unet):,} / text encoder {count_parameters(text_encoder):,} / "
-         f"VAE {count_parameters(vae):,} parameters; {cfg.base_steps} steps of batch {cfg.base_batch}")
+        _log(f"{run.name} resumed at step {step}")
+    _log(f"{run.name}: UNet {count_parameters(unet):,} / text encoder {count_parameters(text_encoder):,} / "
+         f"VAE {count_parameters(vae):,} parameters; {run.steps} steps of batch {cfg.base_batch}")
     ac = alphas_cumprod()
     weights = torch.clamp(1.0 / ac, max=cfg.max_loss_weight)
     weights = weights / weights.mean()
     last_save = time.time()
-    bar = tqdm(total=cfg.base_steps, initial=step, desc="base", mininterval=30, file=sys.stderr)
+    bar = tqdm(total=run.steps, initial=step, desc=run.name, mininterval=30, file=sys.stderr)
     unet.train()
     text_encoder.train()
     running = []
-    while step < cfg.base_steps:
-        rng = np.random.default_rng([cfg.seed, 5, step])
-        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    while step < run.steps:
+        rng = np.random.default_rng([cfg.seed, run.stream, step])
+        gen = torch.Generator().manual_seed(cfg.seed * 1_000_003 + (run.stream - 5) * 7_919 + step)
         idx = torch.from_numpy(rng.integers(len(scenes), size=cfg.base_batch))
         captions = [world.caption(scenes[i], rng, cfg.drop_prob, cfg.empty_prob) for i in idx.tolist()]
         latents = pool["mean"][idx] + pool["std"][idx] * torch.randn(pool["mean"][idx].shape, generator=gen)
@@ -448,7 +549,7 @@ def train_base(cfg: DemoConfig, out: Path) -> None:
         a = ac[t].view(-1, 1, 1, 1)
         noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
         for group in opt.param_groups:
-            group["lr"] = cfg.base_lr * _lr_factor(step, cfg.base_steps, cfg.warmup, cfg.base_first_cycle)
+            group["lr"] = run.lr * _lr_factor(step, run.steps, run.warmup, run.restarts)
         context = text_encoder(tokens(captions)).last_hidden_state
         pred = unet(noisy, t, encoder_hidden_states=context).sample
         loss = (((pred - noise) ** 2).mean(dim=(1, 2, 3)) * weights[t]).mean()
@@ -457,33 +558,67 @@ def train_base(cfg: DemoConfig, out: Path) -> None:
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         step += 1
-        decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+        decay = min(run.ema_decay, (1 + step) / (10 + step))
         _ema_update(ema_unet, unet, decay)
         _ema_update(ema_text, text_encoder, decay)
         running.append(loss.item())
         bar.update(1)
         if step % 50 == 0:
-            _log(f"base step {step} loss {np.mean(running):.4f} lr {opt.param_groups[0]['lr']:.2e}")
+            _log(f"{run.name} step {step} loss {np.mean(running):.4f} lr {opt.param_groups[0]['lr']:.2e}")
             running = []
-        if step % cfg.eval_every == 0 or step == cfg.base_steps:
-            result = evaluate(ema_unet, ema_text, load_best_vae(out), cfg, tokens)
-            result["step"] = step
-            _log(f"eval step {step}: {result}")
+        if step % cfg.eval_every == 0 or step == run.steps:
+            result = evaluate(ema_unet, ema_text, vae, cfg, tokens)
+            result.update(step=step, run=run.name)
+            _log(f"eval {run.name} step {step}: {result}")
             with open(out / "eval.jsonl", "a") as f:
                 f.write(json.dumps(result) + "\n")
-        if time.time() - last_save > cfg.checkpoint_minutes * 60 or step == cfg.base_steps:
+        if time.time() - last_save > cfg.checkpoint_minutes * 60 or step == run.steps:
             _save_atomic({"unet": unet.state_dict(), "text": text_encoder.state_dict(),
                           "ema_unet": ema_unet.state_dict(), "ema_text": ema_text.state_dict(),
-                          "opt": opt.state_dict(), "step": step}, ckpt_path)
+                          "opt": opt.state_dict(), "step": step}, run.ckpt_path)
             ema_unet.save_pretrained(out / "latest" / "unet")
             ema_text.save_pretrained(out / "latest" / "text_encoder")
-            (out / "latest" / "step.txt").write_text(str(step))
+            (out / "latest" / "step.txt").write_text(f"{run.name} {step}")
             last_save = time.time()
     bar.close()
-    ema_unet.save_pretrained(out / "final" / "unet")
-    ema_text.save_pretrained(out / "final" / "text_encoder")
-    load_best_vae(out).save_pretrained(out / "final" / "vae")
-    _log(f"done: {out / 'final'}")
+    ema_unet.save_pretrained(run.final / "unet")
+    ema_text.save_pretrained(run.final / "text_encoder")
+    vae.save_pretrained(run.final / "vae")
+    _log(f"done: {run.final}")
+
+
+def train_base(cfg: DemoConfig, out: Path) -> None:
+    """Train text encoder + UNet from scratch on latents of ``out/vae`` into ``out/final``."""
+    import torch
+    from diffusers import AutoencoderKL
+
+    pool = build_latent_pool(AutoencoderKL.from_pretrained(out / "vae").eval(), cfg, out / "latent_pool.pt")
+    torch.manual_seed(cfg.seed)
+    unet, text_encoder = build_unet(cfg), build_text_encoder(cfg)
+    tokens = _Tokens()
+    if cfg.word_embedding_norm > 0:
+        spread_word_embeddings(text_encoder, tokens.tokenizer, caption_words(), cfg.word_embedding_norm)
+    run = _DenoiserRun("base", cfg.base_steps, cfg.base_lr, cfg.warmup, cfg.base_restarts, cfg.ema_decay,
+                       stream=5, ckpt_path=out / "base_ckpt.pt", final=out / "final")
+    _fit_denoiser(cfg, out, run, unet, text_encoder, tokens, pool, decoder_tuned_vae(out))
+
+
+def retune_base(cfg: DemoConfig, out: Path) -> None:
+    """Continue the finished base model (EMA weights of ``out/final``) on latents of ``out/vae_color``.
+
+    The color fine-tune moves the latents a little (anchored), so a short run at a low learning rate adapts the
+    UNet; writes ``out/retuned``, which export and eval prefer.
+    """
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    vae = AutoencoderKL.from_pretrained(out / "vae_color").eval()
+    pool = build_latent_pool(vae, cfg, out / "latent_pool_color.pt")
+    unet = UNet2DConditionModel.from_pretrained(out / "final" / "unet")
+    text_encoder = CLIPTextModel.from_pretrained(out / "final" / "text_encoder")
+    run = _DenoiserRun("retune", cfg.retune_steps, cfg.base_lr * cfg.retune_lr_factor, 50, (), cfg.retune_ema_decay,
+                       stream=8, ckpt_path=out / "retune_ckpt.pt", final=out / "retuned")
+    _fit_denoiser(cfg, out, run, unet, text_encoder, _Tokens(), pool, vae)
 
 
 # --------------------------------------------------------------------------- sampling and evaluation
@@ -533,15 +668,16 @@ def evaluate(unet, text_encoder, vae, cfg: DemoConfig, tokens, guidance: float =
 
 
 def export_demo_checkpoint(out: Path, path: Path, cfg: DemoConfig) -> Path:
-    """Write the trained EMA weights of ``out`` (``final/`` or else ``latest/``) as one fp16 SD1 single file."""
+    """Write the EMA weights of ``model_folder(out)`` and their VAE as one fp16 SD1 single file."""
     import torch
     from diffusers import UNet2DConditionModel
     from transformers import CLIPTextModel
 
     from modules.models.export import export_sd1_checkpoint
 
-    folder = out / ("final" if (out / "final").exists() else "latest")
-    step = (folder / "step.txt").read_text() if (folder / "step.txt").exists() else str(cfg.base_steps)
+    folder = model_folder(out)
+    steps = f"{cfg.base_steps} UNet steps" + (f" + {cfg.retune_steps} on the color-tuned VAE's latents"
+                                              if folder.name == "retuned" else "")
     metadata = {
         "modelspec.title": "demo-shapes",
         "modelspec.architecture": "stable-diffusion-v1",
@@ -550,11 +686,11 @@ def export_demo_checkpoint(out: Path, path: Path, cfg: DemoConfig) -> Path:
         "modelspec.description": (
             "Bundled demo model: one flat circle/square/triangle in 8 colors, 5 positions, 2 sizes, 64x64. "
             "Trained from scratch on CPU with modules/training/demo_model.py (VAE, then CLIP text encoder + UNet; "
-            f"eps-prediction, SD1 schedule; EMA weights after {step} UNet steps)."),
+            f"eps-prediction, SD1 schedule; EMA weights after {steps})."),
         "training.config": json.dumps(asdict(cfg)),
     }
     return export_sd1_checkpoint(
-        path, UNet2DConditionModel.from_pretrained(folder / "unet"), load_best_vae(out),
+        path, UNet2DConditionModel.from_pretrained(folder / "unet"), model_vae(out),
         CLIPTextModel.from_pretrained(folder / "text_encoder"), metadata, dtype=torch.float16)
 
 
@@ -564,7 +700,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=Path("runs/demo"))
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--stage", choices=("vae", "base", "all", "decoder", "eval", "export"), default="all")
+    parser.add_argument("--stage", default="all",
+                        choices=("vae", "base", "decoder", "color", "retune", "all", "eval", "export"))
     parser.add_argument("--decoder-steps", type=int, default=DemoConfig.decoder_steps)
     parser.add_argument("--export-to", type=Path, default=Path("models/Stable-diffusion/demo-shapes.safetensors"))
     parser.add_argument("--vae-steps", type=int, default=DemoConfig.vae_steps)
@@ -576,22 +713,21 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(cfg.threads)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    if args.stage in ("vae", "all"):
-        train_vae(cfg, args.out)
-    if args.stage in ("base", "all"):
-        train_base(cfg, args.out)
-    if args.stage == "decoder":
-        finetune_decoder(cfg, args.out)
+    stages = {"vae": train_vae, "base": train_base, "decoder": finetune_decoder, "color": finetune_vae_color,
+              "retune": retune_base}
+    for name, train in stages.items():
+        if args.stage in (name, "all"):
+            train(cfg, args.out)
     if args.stage == "export":
         _log(f"wrote {export_demo_checkpoint(args.out, args.export_to, cfg)}")
     if args.stage == "eval":
         from diffusers import UNet2DConditionModel
         from transformers import CLIPTextModel
 
-        folder = args.out / ("final" if (args.out / "final").exists() else "latest")
+        folder = model_folder(args.out)
         unet = UNet2DConditionModel.from_pretrained(folder / "unet")
         text_encoder = CLIPTextModel.from_pretrained(folder / "text_encoder")
-        vae = load_best_vae(args.out)
+        vae = model_vae(args.out)
         for guidance in (7.0, 1.0):
             _log(f"{folder} CFG {guidance}: {evaluate(unet, text_encoder, vae, cfg, _Tokens(), guidance)}")
 
