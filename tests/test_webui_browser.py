@@ -120,6 +120,7 @@ def gallery_image(page, kind: str = "txt2img", index: int = 0) -> Image.Image:
 
 def upload_to_editor(page, elem_id: str, path: Path) -> None:
     """Upload an image into the gr.ImageEditor ``elem_id`` and wait until it shows it (zoomed to fit: not 100%)."""
+    page.locator(f"#{elem_id} canvas").first.wait_for(state="visible")  # mounted: an upload before that is lost
     page.set_input_files(f"#{elem_id} input[type=file]", str(path))
     page.wait_for_function("(id) => { const t = document.getElementById(id).innerText;"
                            " return /\\d+%/.test(t) && !/(^|\\D)100%/.test(t); }", arg=elem_id)
@@ -130,9 +131,13 @@ def draw_stroke(page, elem_id: str, length: float = 0.4) -> None:
     page.click(f"#{elem_id} button[aria-label=Brush]")
     canvas = page.locator(f"#{elem_id} canvas").first
     canvas.scroll_into_view_if_needed()
-    box = canvas.bounding_box()
+    box, previous = canvas.bounding_box(), None
+    for _ in range(50):  # the editor zooms a freshly loaded image to fit: draw once its canvas has stopped moving
+        if box == previous:
+            break
+        page.wait_for_timeout(150)
+        box, previous = canvas.bounding_box(), box
     x, y, half = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2, box["width"] * length / 2
-    page.wait_for_timeout(300)  # let the editor finish laying out the freshly loaded image
     page.mouse.move(x - half, y)
     page.mouse.down()
     page.mouse.move(x + half, y, steps=8)
