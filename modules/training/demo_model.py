@@ -174,6 +174,19 @@ def _save_atomic(obj, path: Path) -> None:
     tmp.replace(path)
 
 
+def _resume_vae(ckpt_path: Path, vae, opt, what: str) -> int:
+    """Load a VAE stage's checkpoint (VAE and optimizer) if there is one; the step to go on from (0: none)."""
+    import torch
+
+    if not ckpt_path.exists():
+        return 0
+    state = torch.load(ckpt_path, weights_only=False)
+    vae.load_state_dict(state["vae"])
+    opt.load_state_dict(state["opt"])
+    _log(f"{what} resumed at step {state['step']}")
+    return state["step"]
+
+
 def _images_to_tensor(images: list[np.ndarray]):
     import torch
 
@@ -223,13 +236,8 @@ def train_vae(cfg: DemoConfig, out: Path) -> None:
         vae.quant_conv.weight[4:] *= 0.1
         vae.quant_conv.bias[4:] = -6.0
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    ckpt_path, step = out / "vae_ckpt.pt", 0
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=False)
-        vae.load_state_dict(state["vae"])
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
-        _log(f"VAE resumed at step {step}")
+    ckpt_path = out / "vae_ckpt.pt"
+    step = _resume_vae(ckpt_path, vae, opt, "VAE")
     _log(f"VAE: {count_parameters(vae):,} parameters, {cfg.vae_steps} steps")
     last_save = time.time()
     bar = tqdm(total=cfg.vae_steps, initial=step, desc="vae", mininterval=30, file=sys.stderr)
@@ -315,13 +323,8 @@ def finetune_decoder(cfg: DemoConfig, out: Path) -> None:
     vae.quant_conv.requires_grad_(False)
     params = list(vae.post_quant_conv.parameters()) + list(vae.decoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg.vae_lr * 0.5, weight_decay=0.0)
-    ckpt_path, step = out / "decoder_ckpt.pt", 0
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=False)
-        vae.load_state_dict(state["vae"])
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
-        _log(f"decoder resumed at step {step}")
+    ckpt_path = out / "decoder_ckpt.pt"
+    step = _resume_vae(ckpt_path, vae, opt, "decoder")
     last_save = time.time()
     steps = cfg.decoder_steps
     bar = tqdm(total=steps, initial=step, desc="decoder", mininterval=30, file=sys.stderr)
@@ -375,13 +378,8 @@ def finetune_vae_color(cfg: DemoConfig, out: Path) -> None:
     vae = decoder_tuned_vae(out)
     reference = copy.deepcopy(vae).requires_grad_(False)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr * 0.2, weight_decay=0.0)
-    ckpt_path, step = out / "color_ckpt.pt", 0
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=False)
-        vae.load_state_dict(state["vae"])
-        opt.load_state_dict(state["opt"])
-        step = state["step"]
-        _log(f"color fine-tune resumed at step {step}")
+    ckpt_path = out / "color_ckpt.pt"
+    step = _resume_vae(ckpt_path, vae, opt, "color fine-tune")
     last_save = time.time()
     bar = tqdm(total=cfg.color_steps, initial=step, desc="vae color", mininterval=30, file=sys.stderr)
     vae.train()
