@@ -187,6 +187,28 @@ def _resume_vae(ckpt_path: Path, vae, opt, what: str) -> int:
     return state["step"]
 
 
+def _checkpoint_vae_stage(cfg: DemoConfig, vae, opt, step: int, ckpt_path: Path, folder: Path | None = None,
+                          what: str = "") -> None:
+    """Save a VAE stage's checkpoint; with ``folder``, also the VAE itself (with ``step.txt``) and its round trip."""
+    _save_atomic({"vae": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt_path)
+    if folder is not None:
+        vae.eval()
+        vae.save_pretrained(folder)
+        (folder / "step.txt").write_text(str(step))
+        _log(f"{what} step {step}: round trip {vae_roundtrip_accuracy(vae, cfg, 200)}")
+        vae.train()
+
+
+def _optimizer_step(opt, loss, params) -> None:
+    """Backward, clip the gradient norm to 1 and step."""
+    import torch
+
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, 1.0)
+    opt.step()
+
+
 def _images_to_tensor(images: list[np.ndarray]):
     import torch
 
@@ -253,16 +275,13 @@ def train_vae(cfg: DemoConfig, out: Path) -> None:
         rec, edge = _reconstruction_losses(recon, x)
         kl = posterior.kl().mean()
         loss = rec + cfg.vae_edge * edge + cfg.vae_kl * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
+        _optimizer_step(opt, loss, vae.parameters())
         step += 1
         bar.update(1)
         if step % 50 == 0:
             _log(f"vae step {step} rec {rec.item():.4f} edge {edge.item():.4f} kl {kl.item():.1f}")
         if time.time() - last_save > cfg.checkpoint_minutes * 60 or step == cfg.vae_steps:
-            _save_atomic({"vae": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt_path)
+            _checkpoint_vae_stage(cfg, vae, opt, step, ckpt_path)
             last_save = time.time()
     bar.close()
     vae.eval()
@@ -337,20 +356,13 @@ def finetune_decoder(cfg: DemoConfig, out: Path) -> None:
             z = vae.encode(x).latent_dist.sample(generator=torch.Generator().manual_seed(cfg.seed * 7 + step))
         rec, edge = _reconstruction_losses(vae.decode(z).sample, x)
         loss = rec + cfg.vae_edge * edge
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        _optimizer_step(opt, loss, params)
         step += 1
         bar.update(1)
         if step % 50 == 0:
             _log(f"decoder step {step} rec {rec.item():.4f} edge {edge.item():.4f}")
         if time.time() - last_save > cfg.checkpoint_minutes * 60 or step == steps:
-            _save_atomic({"vae": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt_path)
-            vae.save_pretrained(out / "vae_decoder")
-            (out / "vae_decoder" / "step.txt").write_text(str(step))
-            _log(f"decoder step {step}: round trip {vae_roundtrip_accuracy(vae.eval(), cfg, 200)}")
-            vae.train()
+            _checkpoint_vae_stage(cfg, vae, opt, step, ckpt_path, out / "vae_decoder", "decoder")
             last_save = time.time()
     bar.close()
 
@@ -397,21 +409,13 @@ def finetune_vae_color(cfg: DemoConfig, out: Path) -> None:
         color = _region_color_loss(recon, x)
         drift = ((posterior.mean - anchor_mean) * SCALING_FACTOR).pow(2).mean()
         loss = rec + cfg.vae_edge * edge + cfg.color_weight * color + cfg.color_anchor * drift
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
+        _optimizer_step(opt, loss, vae.parameters())
         step += 1
         bar.update(1)
         if step % 25 == 0:
             _log(f"color step {step} rec {rec.item():.4f} color {color.item():.4f} drift {drift.item():.5f}")
         if time.time() - last_save > cfg.checkpoint_minutes * 60 or step == cfg.color_steps:
-            _save_atomic({"vae": vae.state_dict(), "opt": opt.state_dict(), "step": step}, ckpt_path)
-            vae.eval()
-            vae.save_pretrained(out / "vae_color")
-            (out / "vae_color" / "step.txt").write_text(str(step))
-            _log(f"color step {step}: round trip {vae_roundtrip_accuracy(vae, cfg, 200)}")
-            vae.train()
+            _checkpoint_vae_stage(cfg, vae, opt, step, ckpt_path, out / "vae_color", "color")
             last_save = time.time()
     bar.close()
 
@@ -551,10 +555,7 @@ def _fit_denoiser(cfg: DemoConfig, out: Path, run: _DenoiserRun, unet, text_enco
         context = text_encoder(tokens(captions)).last_hidden_state
         pred = unet(noisy, t, encoder_hidden_states=context).sample
         loss = (((pred - noise) ** 2).mean(dim=(1, 2, 3)) * weights[t]).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        _optimizer_step(opt, loss, params)
         step += 1
         decay = min(run.ema_decay, (1 + step) / (10 + step))
         _ema_update(ema_unet, unet, decay)
