@@ -66,6 +66,19 @@ def test_latent_hires_doubles_size_writes_a1111_keys_and_keeps_the_first_pass_co
     assert "Hires steps" not in fields  # 0 = same steps: not written
 
 
+def test_second_pass_keeps_the_requests_ngms(state):
+    rows: list[tuple[int, int]] = []  # (latent side, UNet batch rows) per model call
+    state.hooks.register(HookPoint.BEFORE_UNET, lambda c: rows.append((c.x.shape[-1], c.x.shape[0])), "test-rows")
+    try:
+        params = _params(s_min_uncond=99.0)  # above every sigma: the uncond pass is left out on every odd step
+        result = run_generation(state, params, alwayson={"Hires fix": {"args": {"enable": True}}})
+    finally:
+        state.hooks.unregister_owner("test-rows")
+    assert [r for side, r in rows if side == 8] == [2, 1]
+    assert [r for side, r in rows if side == 16] == [2, 1]
+    assert "NGMS: 99.0" in result.infotexts[0]
+
+
 def test_pixel_upscaler_resize_to_width_keeps_aspect_and_records_resize(state):
     result = _hires(state, hr_upscaler="Lanczos", hr_resize_x=96, hr_second_pass_steps=3, denoising_strength=0.3,
                     hr_prompt="a blue circle")

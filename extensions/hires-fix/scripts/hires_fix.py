@@ -168,7 +168,8 @@ class HiresFix(Script):
             styles=list(params.styles), sampler_name=self._sampler(params, args),
             scheduler=self._scheduler(params, args), steps=args["hr_second_pass_steps"] or params.steps,
             cfg_scale=params.cfg_scale, batch_size=1, n_iter=1, clip_skip=params.clip_skip, eta=params.eta,
-            override_settings=overrides, do_not_save_samples=True, do_not_save_grid=True, **extra)
+            s_min_uncond=params.s_min_uncond, override_settings=overrides, do_not_save_samples=True,
+            do_not_save_grid=True, **extra)
 
     def _upscale_one(self, state, params, job: _Pass, event, i: int, progress):
         from modules.processing.runner import run_job
