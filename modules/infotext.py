@@ -24,7 +24,7 @@ LEADING_KEYS = (
     "Steps", "Sampler", "Schedule type", "CFG scale", "Image CFG scale", "Seed", "Face restoration", "Size",
     "Model hash", "Model", "FP8 weight", "Cache FP16 weight for LoRA", "VAE hash", "VAE", "Variation seed",
     "Variation seed strength", "Seed resize from", "Denoising strength", "Conditional mask weight", "Clip skip",
-    "ENSD", "Tiling",
+    "ENSD", "RNG", "Tiling",
 )
 # Keys A1111 writes after the extra generation parameters.
 TRAILING_KEYS = ("Version", "User")
@@ -242,7 +242,8 @@ _FIELDS: tuple[tuple[str, str, Callable[[object], object]], ...] = (
     ("denoising_strength", "Denoising strength", float),
     ("clip_skip", "Clip skip", int),
     ("s_min_uncond", "NGMS", float),
-    ("s_min_uncond_all", "NGMS all steps", _as_bool_true),
+    ("eta", "Eta", float),
+    ("eta", "Eta DDIM", float),
     ("sd_model_hash", "Model hash", str),
     ("sd_model_name", "Model", str),
     ("sd_vae_hash", "VAE hash", str),
@@ -261,6 +262,31 @@ _FIELDS: tuple[tuple[str, str, Callable[[object], object]], ...] = (
     ("mask_blur", "Mask blur", int),
     ("inpaint_full_res_padding", "Masked area padding", int),
 )
+
+
+# (setting, infotext key, converter): keys that stand for settings, not request fields (A1111 applies them as
+# override settings when an infotext is pasted).
+_SETTING_KEYS: tuple[tuple[str, str, Callable[[object], object]], ...] = (
+    ("CLIP_stop_at_last_layers", "Clip skip", int),
+    ("eta_noise_seed_delta", "ENSD", int),
+    ("randn_source", "RNG", str),
+    ("emphasis", "Emphasis", str),
+    ("s_min_uncond_all", "NGMS all steps", _as_bool_true),
+)
+
+
+def infotext_to_settings(parsed: Mapping[str, object]) -> dict[str, object]:
+    """Settings named by :func:`parse_infotext`'s result (clip skip, ENSD, RNG source, emphasis, NGMS all steps),
+    converted; keys whose value does not convert are left out. Missing keys with A1111 defaults (``Clip skip`` 1,
+    ``RNG`` GPU, ``Emphasis`` Original) come through as those defaults, as in A1111."""
+    out: dict[str, object] = {}
+    for setting, key, convert in _SETTING_KEYS:
+        if key in parsed:
+            try:
+                out[setting] = convert(parsed[key])
+            except (TypeError, ValueError, OverflowError):
+                continue
+    return out
 
 
 def infotext_to_params(parsed: Mapping[str, object]) -> dict[str, object]:

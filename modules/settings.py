@@ -12,6 +12,14 @@ import threading
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+# Settings with a fixed set of values.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "samples_format": ("png", "jpg", "webp"),
+    "grid_format": ("png", "jpg", "webp"),
+    "randn_source": ("CPU", "GPU"),
+    "emphasis": ("Original", "No norm", "Ignore", "None"),
+}
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -30,6 +38,8 @@ class Settings:
     # sampler defaults and noise
     randn_source: str = "CPU"  # "CPU" or "GPU" (the compute device)
     eta_noise_seed_delta: int = 0
+    eta_ancestral: float = 1.0  # eta of the ancestral / SDE samplers when a request gives none
+    eta_ddim: float = 0.0  # eta of DDIM when a request gives none
     img2img_fix_steps: bool = False
     initial_noise_multiplier: float = 1.0
     s_min_uncond: float = 0.0  # NGMS: skip the negative prompt on every other step below this sigma (0 = off)
@@ -108,9 +118,14 @@ def _validated(values: dict) -> dict:
         except (TypeError, ValueError):
             what = "a list of names" if kind is tuple else kind.__name__
             raise ValueError(f"setting {name!r} must be {what}, got {value!r}") from None
+        if name in CHOICES and value not in CHOICES[name]:
+            raise ValueError(f"setting {name!r} must be one of {', '.join(CHOICES[name])}, got {value!r}")
         out[name] = value
     if out.get("CLIP_stop_at_last_layers", 1) < 1:
         raise ValueError("setting 'CLIP_stop_at_last_layers' must be >= 1")
+    for name in ("eta_ancestral", "eta_ddim"):
+        if out.get(name, 0.0) < 0:
+            raise ValueError(f"setting {name!r} must be >= 0")
     if out.get("s_min_uncond", 0.0) < 0:
         raise ValueError("setting 's_min_uncond' must be >= 0")
     return out

@@ -23,11 +23,12 @@ import torch
 
 from .clip_tokenizer import BOS_ID, EOS_ID, load_clip_tokenizer
 from .prompts import is_break, parse_emphasis
+from .settings import CHOICES
 
 CHUNK = 75
 COMMA_ID = 267  # ",</w>"
 COMMA_LOOKBACK = 20
-EMPHASIS_MODES = ("Original", "No norm", "Ignore", "None")
+EMPHASIS_MODES = CHOICES["emphasis"]
 
 
 @dataclass(frozen=True)

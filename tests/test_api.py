@@ -134,11 +134,16 @@ def test_infotext_field_fills_what_the_request_leaves_out(http):
     info = json.loads(http.post("/txt2img", json={"infotext": infotext}).json()["info"])
     assert (info["prompt"], info["negative_prompt"], info["steps"], info["cfg_scale"], info["seed"]) == \
         ("a blue square", "ugly", 2, 4.0, 77)
+    assert "RNG" not in info["infotexts"][0]  # no RNG key: A1111's default, GPU (the device's generator)
     given = json.loads(http.post("/txt2img", json={"infotext": infotext, "seed": 5}).json()["info"])
     assert given["seed"] == 5 and given["steps"] == 2
     ngms = json.loads(http.post("/txt2img", json={"infotext": infotext + ", NGMS: 2.5, NGMS all steps: True"})
                       .json()["info"])
     assert "NGMS: 2.5, NGMS all steps: True" in ngms["infotexts"][0]
+    # settings named in the infotext apply; a value this app lacks (A1111's NV RNG) keeps the current one
+    a1111 = infotext.replace("Sampler: Euler,", "Sampler: Euler a,") + ", ENSD: 31337, RNG: NV, Eta: 0.5"
+    info = json.loads(http.post("/txt2img", json={"infotext": a1111}).json()["info"])["infotexts"][0]
+    assert "ENSD: 31337" in info and "Eta: 0.5" in info and "RNG: CPU" in info
 
 
 def test_hires_fields_and_alwayson_scripts_named_and_positional(http):
@@ -183,6 +188,8 @@ BAD_REQUESTS = [
     ("/txt2img", {"override_settings": {"sd_vae": "missing.safetensors"}}, 400, "sd_vae"),
     ("/txt2img", {"steps": "many"}, 422, "steps"),
     ("/txt2img", {"s_min_uncond": -1}, 422, "s_min_uncond"),
+    ("/txt2img", {"eta": -0.5}, 422, "eta"),
+    ("/txt2img", {"override_settings": {"randn_source": "NV"}}, 400, "override_settings"),
     ("/img2img", {"init_images": ["not base64 !!"]}, 400, "init_images[0]"),
     ("/img2img", {"init_images": [base64.b64encode(b"hello").decode()]}, 400, "init_images[0]"),
     ("/img2img", {"init_images": []}, 422, "init_images"),

@@ -256,6 +256,37 @@ def test_ngms_leaves_out_the_uncond_pass_below_its_sigma(state):
     assert np.array_equal(px(t2i(state, prompt="red", steps=6, s_min_uncond=0.0).images[0]), px(plain.images[0]))
 
 
+def test_eta_from_the_request_or_the_settings_and_its_infotext_keys(state):
+    def fields(result) -> dict:
+        return parse_infotext(result.infotexts[0])
+
+    euler, ancestral = t2i(state, prompt="red"), t2i(state, prompt="red", sampler_name="Euler a")
+    assert "Eta" not in fields(ancestral) and fields(ancestral)["RNG"] == "CPU"  # A1111 writes RNG unless GPU
+    still = t2i(state, prompt="red", sampler_name="Euler a", eta=0.0)  # no fresh noise: Euler a becomes Euler
+    assert np.array_equal(px(still.images[0]), px(euler.images[0])) and fields(still)["Eta"] == "0.0"
+    by_setting = t2i(state, prompt="red", sampler_name="Euler a", override_settings={"eta_ancestral": 0.0})
+    assert np.array_equal(px(by_setting.images[0]), px(euler.images[0]))
+    half = t2i(state, prompt="red", sampler_name="Euler a", eta=0.5)
+    assert not np.array_equal(px(half.images[0]), px(ancestral.images[0])) and fields(half)["Eta"] == "0.5"
+
+    ddim, ddim_eta = (t2i(state, prompt="red", sampler_name="DDIM", eta=eta) for eta in (None, 0.5))
+    assert "Eta DDIM" not in fields(ddim) and fields(ddim_eta)["Eta DDIM"] == "0.5"
+    assert not np.array_equal(px(ddim.images[0]), px(ddim_eta.images[0]))
+    assert "Eta" not in fields(euler) and "Eta DDIM" not in fields(euler)  # Euler has no eta
+    with pytest.raises(ParamError, match="eta"):
+        t2i(state, eta=-1.0)
+
+
+def test_ensd_and_rng_source_are_written_when_they_shape_the_image(state):
+    ensd = {"eta_noise_seed_delta": 31337}
+    plain, shifted = (t2i(state, prompt="red", sampler_name="Euler a", override_settings=o) for o in ({}, ensd))
+    assert not np.array_equal(px(plain.images[0]), px(shifted.images[0]))
+    assert "ENSD: 31337" in shifted.infotexts[0] and "ENSD" not in plain.infotexts[0]
+    deterministic = t2i(state, prompt="red", override_settings=ensd)  # Euler draws no per-step noise
+    assert "ENSD" not in deterministic.infotexts[0]
+    assert "RNG" not in t2i(state, prompt="red", override_settings={"randn_source": "GPU"}).infotexts[0]
+
+
 def test_bad_input_is_a_clear_error(state):
     with pytest.raises(ParamError, match="sampler_name.*Euler"):
         t2i(state, sampler_name="Nope")

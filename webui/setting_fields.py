@@ -5,7 +5,7 @@ from dataclasses import fields
 
 import gradio as gr
 
-from modules.settings import Settings
+from modules.settings import CHOICES, Settings
 from webui.context import UiContext
 
 SECTIONS: dict[str, dict[str, str]] = {
@@ -35,6 +35,8 @@ SECTIONS: dict[str, dict[str, str]] = {
     "Sampler parameters": {
         "randn_source": "Random number generator source",
         "eta_noise_seed_delta": "Eta noise seed delta (ENSD)",
+        "eta_ancestral": "Eta for ancestral and SDE samplers (noise added per step; 0 = none)",
+        "eta_ddim": "Eta for DDIM (0 = deterministic)",
         "img2img_fix_steps": "img2img: do exactly the number of steps the slider says",
         "initial_noise_multiplier": "Noise multiplier for img2img",
         "inpainting_mask_weight": "Inpainting conditioning mask strength",
@@ -51,12 +53,6 @@ SECTIONS: dict[str, dict[str, str]] = {
     },
 }
 
-CHOICES = {
-    "samples_format": ("png", "jpg", "webp"),
-    "grid_format": ("png", "jpg", "webp"),
-    "randn_source": ("CPU", "GPU"),
-    "emphasis": ("Original", "No norm", "None"),
-}
 
 # The Paths settings: kind given to Settings.output_dir, shown as the placeholder of an empty field.
 PATH_KINDS = {"outdir_txt2img_samples": "txt2img", "outdir_img2img_samples": "img2img",

@@ -37,7 +37,8 @@ class GenerationRequest(BaseModel):
     tiling: bool | None = None
     do_not_save_samples: bool = False
     do_not_save_grid: bool = False
-    eta: float | None = None
+    eta: float | None = Field(None, ge=0, le=10, description="noise per step of the ancestral / SDE samplers and "
+                                                         "DDIM; empty: the eta_ancestral / eta_ddim setting")
     s_min_uncond: float | None = Field(None, ge=0, le=100,
                                        description="NGMS: skip the negative prompt on every other step below this "
                                                    "sigma; empty: the s_min_uncond setting")

@@ -213,14 +213,17 @@ def apply_infotext(state, req: m.GenerationRequest) -> m.GenerationRequest:
     """Fill the fields the request does not set from its ``infotext`` (A1111's ``infotext`` request field)."""
     if not req.infotext:
         return req
-    parsed = infotext_mod.infotext_to_params(infotext_mod.parse_infotext(req.infotext))
+    raw = infotext_mod.parse_infotext(req.infotext)
+    parsed = infotext_mod.infotext_to_params(raw)
     fields = type(req).model_fields
     updates = {k: v for k, v in parsed.items() if k in fields and k not in req.model_fields_set}
     overrides = dict(req.override_settings or {})
-    if "clip_skip" in parsed:
-        overrides.setdefault("CLIP_stop_at_last_layers", parsed["clip_skip"])
-    if parsed.get("s_min_uncond_all"):
-        overrides.setdefault("s_min_uncond_all", True)
+    for name, value in infotext_mod.infotext_to_settings(raw).items():
+        try:  # a value this app does not have (e.g. A1111's "RNG: NV") keeps the current setting
+            state.settings.current.with_overrides({name: value})
+        except ValueError:
+            continue
+        overrides.setdefault(name, value)
     for key in ("sd_model_name", "sd_model_hash"):
         info = state.checkpoints.find(str(parsed[key])) if parsed.get(key) else None
         if info is not None:

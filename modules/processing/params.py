@@ -74,6 +74,8 @@ class GenerationParams:
             raise ParamError("batch_size", "width × height × batch_size is too large for one batch")
         if not 0 <= float(self.cfg_scale) <= 100:
             raise ParamError("cfg_scale", f"{self.cfg_scale} is outside 0..100")
+        if self.eta is not None and not 0 <= float(self.eta) <= 10:
+            raise ParamError("eta", f"{self.eta} is outside 0..10")
         if self.s_min_uncond is not None and not 0 <= float(self.s_min_uncond) <= 100:
             raise ParamError("s_min_uncond", f"{self.s_min_uncond} is outside 0..100")
         if not 0 <= float(self.subseed_strength) <= 1:

@@ -175,6 +175,14 @@ def _uncond_skip(job: _Job) -> UncondSkip:
     return UncondSkip(sigma, job.settings.s_min_uncond_all)
 
 
+def _eta(job: _Job) -> float | None:
+    """The sampler's eta: the request's, else its setting (A1111's eta_ancestral / eta_ddim); None: it has none."""
+    default = job.choice.sampler.eta_default
+    if default is None:
+        return None
+    return float(job.params.eta if job.params.eta is not None else getattr(job.settings, default[0]))
+
+
 def _run_batch(state, job: _Job, iteration: int, lo: int, hi: int, bar) -> None:
     p, model, result, progress = job.params, job.model, job.result, job.progress
     seeds, subseeds = result.seeds[lo:hi], result.subseeds[lo:hi]
@@ -218,8 +226,9 @@ def _run_batch(state, job: _Job, iteration: int, lo: int, hi: int, bar) -> None:
             if previewer is not None:
                 progress.preview, progress.preview_step = previewer.preview(info.denoised[:1])[0], progress.step
 
+    eta = _eta(job)
     samples = job.choice.sampler.sample(denoiser, before.latents, before.sigmas, callback=callback, noise_sampler=noise,
-                                        control=progress.control)
+                                        control=progress.control, **({} if eta is None else {"eta": eta}))
     if blend is not None:
         samples = init.latent * blend.keep + samples * (1 - blend.keep)
     images = image_ops.tensor_to_pils(state.models.decode(samples))
@@ -321,6 +330,13 @@ def _prepare_img2img(state, job: _Job, lo: int, hi: int, initial: torch.Tensor) 
     return _Img2ImgInit(latent, latent_mask, torch.cat(conds) if conds else None, originals, masks, boxes, (h, w))
 
 
+def _uses_ensd(job: _Job) -> bool:
+    """Whether ENSD changed the image: it is set and the sampler draws per-step noise (eta not 0)."""
+    eta = _eta(job)
+    draws_noise = job.choice.sampler.stochastic or (eta is not None and eta > 0)
+    return bool(job.settings.eta_noise_seed_delta) and draws_noise and eta != 0
+
+
 def _infotext_params(job: _Job, index: int, clip_skip: int) -> dict:
     p, result = job.params, job.result
     fields: dict = {
@@ -339,7 +355,12 @@ def _infotext_params(job: _Job, index: int, clip_skip: int) -> dict:
         "Seed resize from": f"{p.seed_resize_from_w}x{p.seed_resize_from_h}" if p.seed_resize_from_w > 0 and p.seed_resize_from_h > 0 else None,
         "Denoising strength": p.denoising_strength if isinstance(p, Img2ImgParams) else None,
         "Clip skip": clip_skip if clip_skip > 1 else None,
+        "ENSD": job.settings.eta_noise_seed_delta if _uses_ensd(job) else None,
+        "RNG": job.settings.randn_source if job.settings.randn_source != "GPU" else None,
     }
+    eta, default = _eta(job), job.choice.sampler.eta_default
+    if eta is not None and eta != default[2]:
+        fields[default[1]] = eta
     if isinstance(p, Img2ImgParams) and p.mask is not None:
         fields["Mask blur"] = p.mask_blur
         fields["Inpaint area"] = "Only masked" if p.inpaint_full_res else None

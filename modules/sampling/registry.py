@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -49,6 +50,14 @@ class SamplerInfo:
     stochastic: bool = False
     discard_next_to_last_sigma: bool = False
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+    @property
+    def eta_default(self) -> tuple[str, str, float] | None:
+        """(setting, infotext key, the value not written) for this sampler's ``eta``, as A1111 has them:
+        ``eta_ddim`` / "Eta DDIM" / 0 for DDIM, ``eta_ancestral`` / "Eta" / 1 for the others; None: it has no eta."""
+        if "eta" not in inspect.signature(self.function).parameters:
+            return None
+        return ("eta_ddim", "Eta DDIM", 0.0) if self.name == "DDIM" else ("eta_ancestral", "Eta", 1.0)
 
     def sample(self, model, x: torch.Tensor, sigmas: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """Run the sampler with its fixed options; ``kwargs`` are the common sampler arguments (and overrides)."""
