@@ -241,7 +241,6 @@ _FIELDS: tuple[tuple[str, str, Callable[[object], object]], ...] = (
     ("seed_resize_from_h", "Seed resize from-2", int),
     ("denoising_strength", "Denoising strength", float),
     ("clip_skip", "Clip skip", int),
-    ("s_min_uncond", "NGMS", float),
     ("eta", "Eta", float),
     ("eta", "Eta DDIM", float),
     ("sd_model_hash", "Model hash", str),
@@ -271,14 +270,16 @@ _SETTING_KEYS: tuple[tuple[str, str, Callable[[object], object]], ...] = (
     ("eta_noise_seed_delta", "ENSD", int),
     ("randn_source", "RNG", str),
     ("emphasis", "Emphasis", str),
+    ("s_min_uncond", "NGMS", float),
     ("s_min_uncond_all", "NGMS all steps", _as_bool_true),
 )
+SETTING_INFOTEXT_KEYS = {setting: key for setting, key, _ in _SETTING_KEYS}
 
 
 def infotext_to_settings(parsed: Mapping[str, object]) -> dict[str, object]:
-    """Settings named by :func:`parse_infotext`'s result (clip skip, ENSD, RNG source, emphasis, NGMS all steps),
-    converted; keys whose value does not convert are left out. Missing keys with A1111 defaults (``Clip skip`` 1,
-    ``RNG`` GPU, ``Emphasis`` Original) come through as those defaults, as in A1111."""
+    """Settings named by :func:`parse_infotext`'s result (clip skip, ENSD, RNG source, emphasis, NGMS), converted;
+    keys whose value does not convert are left out. Missing keys with A1111 defaults (``Clip skip`` 1, ``RNG`` GPU,
+    ``Emphasis`` Original) come through as those defaults, as in A1111."""
     out: dict[str, object] = {}
     for setting, key, convert in _SETTING_KEYS:
         if key in parsed:

@@ -66,6 +66,16 @@ class Settings:
             return self
         return dataclasses.replace(self, **_validated(overrides))
 
+    def valid_overrides(self, values: dict) -> dict:
+        """The entries of ``values`` that are valid overrides, each checked on its own; the rest are left out."""
+        valid = {}
+        for name, value in values.items():
+            try:
+                valid.update(_validated({name: value}))
+            except ValueError:
+                continue
+        return valid
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 

@@ -315,6 +315,23 @@ def test_png_info_send_to_txt2img_fills_fields(page, tmp_path):
     assert not page.is_checked("#txt2img_script_controlnet_unit1_enabled input")
 
 
+def test_pasted_settings_fill_the_override_box_and_apply_to_the_job(page):
+    box = "#txt2img_override_settings"
+    assert not page.locator(box).is_visible()  # nothing pasted: no box
+    page.fill("#txt2img_prompt textarea", "a red circle\nSteps: 3, Sampler: Euler a, CFG scale: 7, Seed: 5, "
+              "Size: 64x64, Clip skip: 2, ENSD: 31337, RNG: CPU, NGMS: 1.5")
+    page.click("#txt2img_read_params")
+    page.wait_for_selector(box, state="visible")
+    # RNG: CPU is the current setting already, so it is not listed
+    assert sorted(page.locator(f"{box} .token").all_inner_texts()) == ["Clip skip: 2", "ENSD: 31337", "NGMS: 1.5"]
+    assert page.input_value("#txt2img_prompt textarea") == "a red circle"
+    info = generate(page)
+    assert "Clip skip: 2" in info and "ENSD: 31337" in info and "NGMS: 1.5" in info and "Seed: 5" in info
+    page.locator(f"{box} .token").filter(has_text="Clip skip: 2").locator(".token-remove").click()
+    info = generate(page)  # removed from the box: the user's own setting (clip skip 1) applies again
+    assert "Clip skip" not in info and "ENSD: 31337" in info
+
+
 def test_controlnet_panel_previews_the_preprocessed_map_at_the_output_size(page, tmp_path):
     source = np.zeros((48, 80, 3), np.uint8)
     source[:, :40] = 255  # left half white: inverted, the right half is white

@@ -62,15 +62,20 @@ class UiContext:
     def infotext_fields(self, text: str) -> dict:
         """UI field values from an infotext (empty for no text), adjusted by the extensions' infotext_pasted.
 
-        Always-on script panels are filled too: their values are keyed ``"<script title>/<control name>"``."""
+        Always-on script panels are filled too: their values are keyed ``"<script title>/<control name>"``.
+        ``override_settings`` lists the settings the infotext names that differ from the current ones."""
         from modules import scripts
-        from modules.infotext import parse_infotext
-        from webui.params_fields import fields_from_infotext
+        from modules.infotext import infotext_to_settings, parse_infotext
+        from webui.params_fields import fields_from_infotext, to_ui
 
         if not text:
             return {}
         fields = fields_from_infotext(text)
         parsed = parse_infotext(text)
+        current = self.state.settings.current
+        wanted = current.valid_overrides(infotext_to_settings(parsed))
+        fields["override_settings"] = to_ui("override_settings", {k: v for k, v in wanted.items()
+                                                                 if getattr(current, k) != v})
         for kind in ("txt2img", "img2img"):
             for title, values in scripts.infotext_values(self.state, kind, parsed).items():
                 fields.update({script_field(title, name): value for name, value in values.items()})

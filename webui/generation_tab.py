@@ -14,8 +14,14 @@ from modules.prompts.styles import PromptStyle, apply_styles, load_styles, save_
 from modules.sampling.registry import sampler_names, schedule_labels
 from webui import extra_networks, img2img_inputs, script_controls
 from webui.context import UiContext
-from webui.params_fields import (INPAINT_AREAS, MASK_MODES, MASKED_CONTENT, RESIZE_MODES, build_params,
-                                 looks_like_infotext)
+from webui.params_fields import (
+    INPAINT_AREAS,
+    MASK_MODES,
+    MASKED_CONTENT,
+    RESIZE_MODES,
+    build_params,
+    looks_like_infotext,
+)
 from webui.progress_html import info_html, progress_html
 
 POLL_SECONDS = 0.25
@@ -335,6 +341,10 @@ def build_generation_tab(ctx: UiContext, kind: str) -> GenerationTab:
                 _img2img_controls(ctx, tab)
                 tab.inputs.wire_mode(tab.inpaint_group)
             _seed_controls(ctx, tab)
+            tab.fields["override_settings"] = gr.Dropdown(
+                [], value=[], multiselect=True, label="Override settings", visible=False,
+                elem_id=ctx.tip(f"{kind}_override_settings", "Settings named in pasted generation parameters, used "
+                                "for this tab's jobs instead of yours; remove one to keep your own"))
             script_ui = script_controls.build(ctx, kind, (tab.fields["width"], tab.fields["height"]))
             tab.fields.update(script_ui.fields)  # pasted infotext fills the always-on panels too
         with gr.Column(scale=1, elem_id=f"{kind}_results"):
@@ -372,5 +382,11 @@ def build_generation_tab(ctx: UiContext, kind: str) -> GenerationTab:
 
 def fill_updates(tab: GenerationTab, values: dict) -> list:
     """One update per field of ``tab`` (in ``tab.fields`` order): the new value where ``values`` has one."""
-    return [gr.update(value=values[name]) if name in values else gr.skip() for name in tab.fields]
+    return [_field_update(name, values[name]) if name in values else gr.skip() for name in tab.fields]
+
+
+def _field_update(name: str, value):
+    if name == "override_settings":  # its entries are its choices; shown only when there are some
+        return gr.update(choices=value, value=value, visible=bool(value))
+    return gr.update(value=value)
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import fields as dc_fields
 
-from modules.infotext import infotext_to_params, parse_infotext
+from modules.infotext import SETTING_INFOTEXT_KEYS, infotext_to_params, infotext_to_settings, parse_infotext
 from modules.processing.params import Img2ImgParams, Txt2ImgParams
 
 RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resize (latent upscale)")
@@ -21,6 +21,8 @@ CHOICE_FIELDS = {
 
 def to_param(name: str, value):
     """A UI value as the params field wants it."""
+    if name == "override_settings":  # the Override settings box: "Clip skip: 2" entries
+        return infotext_to_settings(dict(entry.split(": ", 1) for entry in value or () if ": " in entry))
     if name in CHOICE_FIELDS:
         return CHOICE_FIELDS[name].index(value) if value in CHOICE_FIELDS[name] else 0
     if name == "inpaint_full_res":
@@ -32,6 +34,8 @@ def to_param(name: str, value):
 
 def to_ui(name: str, value):
     """A params value as the UI field shows it."""
+    if name == "override_settings":
+        return [f"{SETTING_INFOTEXT_KEYS[setting]}: {v}" for setting, v in value.items()]
     if name in CHOICE_FIELDS:
         labels = CHOICE_FIELDS[name]
         return labels[int(value)] if 0 <= int(value) < len(labels) else labels[0]

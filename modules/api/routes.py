@@ -218,11 +218,8 @@ def apply_infotext(state, req: m.GenerationRequest) -> m.GenerationRequest:
     fields = type(req).model_fields
     updates = {k: v for k, v in parsed.items() if k in fields and k not in req.model_fields_set}
     overrides = dict(req.override_settings or {})
-    for name, value in infotext_mod.infotext_to_settings(raw).items():
-        try:  # a value this app does not have (e.g. A1111's "RNG: NV") keeps the current setting
-            state.settings.current.with_overrides({name: value})
-        except ValueError:
-            continue
+    # a value this app does not have (e.g. A1111's "RNG: NV") keeps the current setting
+    for name, value in state.settings.current.valid_overrides(infotext_mod.infotext_to_settings(raw)).items():
         overrides.setdefault(name, value)
     for key in ("sd_model_name", "sd_model_hash"):
         info = state.checkpoints.find(str(parsed[key])) if parsed.get(key) else None
