@@ -280,11 +280,16 @@ def infotext_to_settings(parsed: Mapping[str, object]) -> dict[str, object]:
     """Settings named by :func:`parse_infotext`'s result (clip skip, ENSD, RNG source, emphasis, NGMS), converted;
     keys whose value does not convert are left out. Missing keys with A1111 defaults (``Clip skip`` 1, ``RNG`` GPU,
     ``Emphasis`` Original) come through as those defaults, as in A1111."""
+    return _converted(parsed, _SETTING_KEYS)
+
+
+def _converted(parsed: Mapping[str, object], table) -> dict[str, object]:
+    """``{name: convert(parsed[key])}`` for each (name, key, convert) of ``table`` whose key is there and converts."""
     out: dict[str, object] = {}
-    for setting, key, convert in _SETTING_KEYS:
+    for name, key, convert in table:
         if key in parsed:
             try:
-                out[setting] = convert(parsed[key])
+                out[name] = convert(parsed[key])
             except (TypeError, ValueError, OverflowError):
                 continue
     return out
@@ -297,13 +302,7 @@ def infotext_to_params(parsed: Mapping[str, object]) -> dict[str, object]:
     sampler names; ``enable_hr`` is set when the infotext has a denoising strength and hires keys; inpainting
     names become the API's numbers (``inpainting_fill``, ``inpaint_full_res``, ``inpainting_mask_invert``).
     """
-    out: dict[str, object] = {}
-    for field_name, key, convert in _FIELDS:
-        if key in parsed:
-            try:
-                out[field_name] = convert(parsed[key])
-            except (TypeError, ValueError, OverflowError):
-                continue
+    out = _converted(parsed, _FIELDS)
     if "Sampler" in parsed:
         out["sampler_name"], out["scheduler"] = split_sampler_name(str(parsed["Sampler"]),
                                                                    str(parsed.get("Schedule type", "Automatic")))
