@@ -241,8 +241,6 @@ _FIELDS: tuple[tuple[str, str, Callable[[object], object]], ...] = (
     ("seed_resize_from_h", "Seed resize from-2", int),
     ("denoising_strength", "Denoising strength", float),
     ("clip_skip", "Clip skip", int),
-    ("eta", "Eta", float),
-    ("eta", "Eta DDIM", float),
     ("sd_model_hash", "Model hash", str),
     ("sd_model_name", "Model", str),
     ("sd_vae_hash", "VAE hash", str),
@@ -268,6 +266,8 @@ _FIELDS: tuple[tuple[str, str, Callable[[object], object]], ...] = (
 _SETTING_KEYS: tuple[tuple[str, str, Callable[[object], object]], ...] = (
     ("CLIP_stop_at_last_layers", "Clip skip", int),
     ("eta_noise_seed_delta", "ENSD", int),
+    ("eta_ancestral", "Eta", float),
+    ("eta_ddim", "Eta DDIM", float),
     ("randn_source", "RNG", str),
     ("emphasis", "Emphasis", str),
     ("s_min_uncond", "NGMS", float),
@@ -277,7 +277,7 @@ SETTING_INFOTEXT_KEYS = {setting: key for setting, key, _ in _SETTING_KEYS}
 
 
 def infotext_to_settings(parsed: Mapping[str, object]) -> dict[str, object]:
-    """Settings named by :func:`parse_infotext`'s result (clip skip, ENSD, RNG source, emphasis, NGMS), converted;
+    """Settings named by :func:`parse_infotext`'s result (clip skip, ENSD, eta, RNG, emphasis, NGMS), converted;
     keys whose value does not convert are left out. Missing keys with A1111 defaults (``Clip skip`` 1, ``RNG`` GPU,
     ``Emphasis`` Original) come through as those defaults, as in A1111."""
     return _converted(parsed, _SETTING_KEYS)

@@ -14,14 +14,8 @@ from modules.prompts.styles import PromptStyle, apply_styles, load_styles, save_
 from modules.sampling.registry import sampler_names, schedule_labels
 from webui import extra_networks, img2img_inputs, script_controls
 from webui.context import UiContext
-from webui.params_fields import (
-    INPAINT_AREAS,
-    MASK_MODES,
-    MASKED_CONTENT,
-    RESIZE_MODES,
-    build_params,
-    looks_like_infotext,
-)
+from webui.params_fields import (INPAINT_AREAS, MASK_MODES, MASKED_CONTENT, RESIZE_MODES, build_params,
+                                 looks_like_infotext)
 from webui.progress_html import info_html, progress_html
 
 POLL_SECONDS = 0.25

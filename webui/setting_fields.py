@@ -53,7 +53,6 @@ SECTIONS: dict[str, dict[str, str]] = {
     },
 }
 
-
 # The Paths settings: kind given to Settings.output_dir, shown as the placeholder of an empty field.
 PATH_KINDS = {"outdir_txt2img_samples": "txt2img", "outdir_img2img_samples": "img2img",
               "outdir_txt2img_grids": "txt2img-grids", "outdir_img2img_grids": "img2img-grids",

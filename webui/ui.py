@@ -14,8 +14,7 @@ from webui.context import UiContext
 from webui.generation_tab import GenerationTab, build_generation_tab, fill_updates
 from webui.img2img_inputs import INPAINT_MODES
 from webui.restart import Restarter
-from webui.ui_config import FILE_NAME as UI_CONFIG_FILE
-from webui.ui_config import UiConfig
+from webui.ui_config import FILE_NAME as UI_CONFIG_FILE, UiConfig
 
 STATIC = Path(__file__).resolve().parent / "static"
 STATUS_POLL_SECONDS = 1.0
