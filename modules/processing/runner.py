@@ -180,7 +180,7 @@ def _eta(job: _Job) -> float | None:
     default = job.choice.sampler.eta_default
     if default is None:
         return None
-    return float(job.params.eta if job.params.eta is not None else getattr(job.settings, default[0]))
+    return float(job.params.eta if job.params.eta is not None else getattr(job.settings, default.setting))
 
 
 def _run_batch(state, job: _Job, iteration: int, lo: int, hi: int, bar) -> None:
@@ -332,8 +332,8 @@ def _prepare_img2img(state, job: _Job, lo: int, hi: int, initial: torch.Tensor) 
 
 def _uses_ensd(job: _Job) -> bool:
     """Whether ENSD changed the image: it is set and the sampler draws per-step noise (eta not 0)."""
-    eta = _eta(job)
-    draws_noise = job.choice.sampler.stochastic or (eta is not None and eta > 0)
+    eta = _eta(job)  # None: no eta, so per-step noise only if the sampler is stochastic
+    draws_noise = job.choice.sampler.stochastic or eta is not None
     return bool(job.settings.eta_noise_seed_delta) and draws_noise and eta != 0
 
 
@@ -359,8 +359,8 @@ def _infotext_params(job: _Job, index: int, clip_skip: int) -> dict:
         "RNG": job.settings.randn_source if job.settings.randn_source != "GPU" else None,
     }
     eta, default = _eta(job), job.choice.sampler.eta_default
-    if eta is not None and eta != default[2]:
-        fields[default[1]] = eta
+    if eta is not None and eta != default.unwritten:
+        fields[default.infotext_key] = eta
     if isinstance(p, Img2ImgParams) and p.mask is not None:
         fields["Mask blur"] = p.mask_blur
         fields["Inpaint area"] = "Only masked" if p.inpaint_full_res else None

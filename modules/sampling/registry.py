@@ -10,7 +10,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -29,6 +29,15 @@ class ScheduleInfo:
     label: str
     function: ScheduleFunction | None  # None only for Automatic
     aliases: tuple[str, ...] = ()
+
+
+class EtaDefault(NamedTuple):
+    """The setting that gives a sampler's eta when a request has none, its infotext key, and the value A1111 does
+    not write."""
+
+    setting: str
+    infotext_key: str
+    unwritten: float
 
 
 @dataclass(frozen=True)
@@ -52,12 +61,14 @@ class SamplerInfo:
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
-    def eta_default(self) -> tuple[str, str, float] | None:
-        """(setting, infotext key, the value not written) for this sampler's ``eta``, as A1111 has them:
-        ``eta_ddim`` / "Eta DDIM" / 0 for DDIM, ``eta_ancestral`` / "Eta" / 1 for the others; None: it has no eta."""
+    def eta_default(self) -> EtaDefault | None:
+        """Where this sampler's ``eta`` comes from, as in A1111: ``eta_ddim`` / "Eta DDIM" / 0 for DDIM,
+        ``eta_ancestral`` / "Eta" / 1 for the others; None: it has no eta."""
         if "eta" not in inspect.signature(self.function).parameters:
             return None
-        return ("eta_ddim", "Eta DDIM", 0.0) if self.name == "DDIM" else ("eta_ancestral", "Eta", 1.0)
+        if self.name == "DDIM":
+            return EtaDefault("eta_ddim", "Eta DDIM", 0.0)
+        return EtaDefault("eta_ancestral", "Eta", 1.0)
 
     def sample(self, model, x: torch.Tensor, sigmas: torch.Tensor, **kwargs: Any) -> torch.Tensor:
         """Run the sampler with its fixed options; ``kwargs`` are the common sampler arguments (and overrides)."""
