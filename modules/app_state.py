@@ -61,3 +61,12 @@ def default_checkpoint(state: AppState) -> CheckpointInfo | None:
         return next((i for i in items if i.path.resolve() == wanted), None)
     users = [i for i in items if i.path.name != DEMO_CHECKPOINT]
     return (users or items or [None])[0]
+
+
+def startup_checkpoint(state: AppState) -> CheckpointInfo | None:
+    """The checkpoint loaded at start: the one chosen last time (the ``sd_model_checkpoint`` setting) unless
+    ``--ckpt`` names one, else :func:`default_checkpoint`."""
+    wanted = state.settings.current.sd_model_checkpoint
+    if wanted and not state.options.ckpt and state.checkpoints.find(wanted) is not None:
+        return state.checkpoints.find(wanted)
+    return default_checkpoint(state)

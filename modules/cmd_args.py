@@ -17,6 +17,7 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 PRECISIONS = ("autocast", "full")
+THEMES = ("light", "dark")
 _DEVICE_PATTERN = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
 
 
@@ -41,6 +42,7 @@ class ServerOptions:
     autolaunch: bool = False
     insecure: bool = False
     cors_allow_origins: str | None = None
+    theme: str | None = None  # "light" or "dark"; None: the browser's colour scheme
 
     @property
     def host(self) -> str:
@@ -199,6 +201,9 @@ def build_parser(root: Path = REPO_ROOT, commands: Mapping[str, str] | None = No
                         help="allow --listen/--share without credentials (prints a warning)")
     server.add_argument("--cors-allow-origins", default=None, metavar="ORIGINS",
                         help="comma-separated origins allowed to call the API from a browser (default: none)")
+    server.add_argument("--theme", choices=THEMES, default=None,
+                        help="open the web UI in this theme (default: the browser's; ?__theme= in the URL overrides "
+                        "it)")
 
     parser.add_argument("command", nargs="?", default=None, help=argparse.SUPPRESS)
     parser.add_argument("command_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -245,6 +250,6 @@ def options_from_namespace(ns: argparse.Namespace) -> LaunchOptions:
             api_auth_path=ns.api_auth_path, nowebui=ns.nowebui, subpath=ns.subpath.rstrip("/"),
             tls_keyfile=ns.tls_keyfile, tls_certfile=ns.tls_certfile,
             enable_insecure_extension_access=ns.enable_insecure_extension_access, autolaunch=ns.autolaunch,
-            insecure=ns.insecure, cors_allow_origins=ns.cors_allow_origins,
+            insecure=ns.insecure, cors_allow_origins=ns.cors_allow_origins, theme=ns.theme,
         ),
     )

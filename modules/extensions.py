@@ -6,11 +6,15 @@ An extension is a folder (``extensions/<name>/``) with ``scripts/*.py``, optiona
 :class:`ExtensionApi` to add scripts, callbacks, engine hooks, settings and contributions, and the
 :class:`~modules.scripts.Script` subclasses it defines are instantiated (without arguments) unless ``register``
 added an instance of that class itself. An extension whose install, import or registration fails is reported with
-its name and left out as a whole (nothing it registered stays); the app goes on. Which extensions the user turned
-off is kept in ``config.json`` under ``disabled_extensions`` (a list of names). See docs/extensions.md.
+its name and left out as a whole (nothing it registered stays); the app goes on. A folder in AUTOMATIC1111's
+format (see :func:`a1111_reason`) is recognised without running any of its code and reported as not supported.
+Which extensions the user turned off is kept in ``config.json`` under ``disabled_extensions`` (a list of names).
+See docs/extensions.md.
 """
 from __future__ import annotations
 
+import ast
+import importlib
 import importlib.util
 import logging
 import re
@@ -31,6 +35,9 @@ DISABLED_KEY = "disabled_extensions"
 INSTALL_TIMEOUT_S = 600
 CALLBACK_NAMES = ("model_loaded", "ui_tabs", "ui_settings", "before_image_saved", "image_saved", "infotext_pasted",
                   "app_started")
+A1111_FILES = ("install.py", "preload.py")  # besides scripts/*.py: the Python files A1111 itself runs
+A1111_ROOTS = ("modules", "launch")  # A1111's engine package (ours has the same name) and its install helpers
+A1111_LISTED = 12  # names shown in the reason; the rest are counted
 
 
 @dataclass(frozen=True)
@@ -181,9 +188,87 @@ def read_meta(path: Path) -> ExtensionMeta:
                          load_before=names("load_before"), load_after=names("load_after"))
 
 
+def a1111_reason(path: Path) -> str | None:
+    """Why the extension folder ``path`` is an AUTOMATIC1111 extension that this app cannot load, or None.
+
+    A folder without ``extension.toml`` is taken for one when its ``scripts/*.py``, ``install.py`` or
+    ``preload.py`` (parsed with ``ast``, never imported or run) import a ``modules.<name>`` module this project
+    lacks or A1111's ``launch``, or define A1111's ``ui(self, is_img2img)``. The reason lists the ``modules.…``
+    modules and names they use that this project does not provide."""
+    if (path / METADATA_FILE).is_file():
+        return None
+    trees = [tree for tree in map(_parse, _a1111_files(path)) if tree is not None]
+    needs = sorted({m for m in map(_missing_part, {n for t in trees for n in _used_names(t)}) if m})
+    missing_module = any(n.count(".") < 2 for n in needs)  # "launch" or "modules.<name>", not a name inside one
+    if not missing_module and not any(map(_has_a1111_ui, trees)):
+        return None
+    reason = "A1111 extension: not supported"
+    if not needs:
+        return f"{reason} — its scripts use A1111's ui(self, is_img2img)"
+    more = f" and {len(needs) - A1111_LISTED} more" if len(needs) > A1111_LISTED else ""
+    return f"{reason} — needs {', '.join(needs[:A1111_LISTED])}{more}"
+
+
+def _a1111_files(path: Path) -> list[Path]:
+    return [*sorted((path / "scripts").glob("*.py")), *(path / n for n in A1111_FILES if (path / n).is_file())]
+
+
+def _parse(file: Path) -> ast.Module | None:
+    try:
+        return ast.parse(file.read_bytes(), str(file))
+    except (OSError, SyntaxError, ValueError):
+        return None
+
+
+def _used_names(tree: ast.Module) -> set[str]:
+    """Dotted names under :data:`A1111_ROOTS` a file uses: modules it imports, names it imports from them, and
+    attributes it reads from the names those imports bound."""
+    bound: dict[str, str] = {}
+    used: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                used.add(alias.name)
+                root = alias.name.split(".")[0]
+                bound[alias.asname or root] = alias.name if alias.asname else root
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            for alias in node.names:
+                full = node.module if alias.name == "*" else f"{node.module}.{alias.name}"
+                used.add(full)
+                bound[alias.asname or alias.name] = full
+    used |= {f"{bound[node.value.id]}.{node.attr}" for node in ast.walk(tree)
+             if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound}
+    return {n for n in used if n.split(".")[0] in A1111_ROOTS}
+
+
+def _missing_part(name: str) -> str | None:
+    """The shortest leading part of ``name`` this project does not provide (as a module or an attribute), or None.
+    A1111's ``launch`` is never provided: ``install.py`` runs in its own process, where it cannot be imported."""
+    root, *parts = name.split(".")
+    if root != "modules":
+        return root
+    obj, prefix = importlib.import_module(root), root
+    for part in parts:
+        prefix = f"{prefix}.{part}"
+        if not hasattr(obj, part) and hasattr(obj, "__path__"):
+            try:
+                importlib.import_module(prefix)
+            except ImportError:
+                return prefix
+        if not hasattr(obj, part):
+            return prefix
+        obj = getattr(obj, part)
+    return None
+
+
+def _has_a1111_ui(tree: ast.Module) -> bool:
+    return any(isinstance(node, ast.FunctionDef) and node.name == "ui"
+               and [a.arg for a in node.args.args[1:2]] == ["is_img2img"] for node in ast.walk(tree))
+
+
 def discover(dirs: list[Path]) -> list[Extension]:
-    """Extension folders in ``dirs`` (a folder with ``scripts/`` or ``extension.toml``), by name; a repeated name
-    or unreadable metadata is an error on that extension."""
+    """Extension folders in ``dirs`` (a folder with ``scripts/`` or ``extension.toml``), by name; a repeated name,
+    unreadable metadata or A1111's format (:func:`a1111_reason`) is an error on that extension."""
     found: dict[str, Extension] = {}
     broken: list[Extension] = []
     for root in dirs:
@@ -202,7 +287,8 @@ def discover(dirs: list[Path]) -> list[Extension]:
                 broken.append(Extension(meta, path, errors=[f"another extension named {meta.name!r} is at "
                                                             f"{found[meta.name].path}"]))
                 continue
-            found[meta.name] = Extension(meta, path)
+            reason = a1111_reason(path)
+            found[meta.name] = Extension(meta, path, errors=[reason] if reason else [])
     return list(found.values()) + broken
 
 

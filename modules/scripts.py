@@ -32,6 +32,9 @@ class Control:
     maximum: float | None = None
     step: float | None = None
     tooltip: str = ""
+    switch: bool = False  # a checkbox that turns the script on: the closed panel's header shows it
+    group: str = ""  # controls of one group share a tab in the panel (e.g. "Unit 0")
+    enables: str = ""  # image controls: the switch that an upload turns on
 
 
 class Script:
@@ -62,6 +65,10 @@ class Script:
         """Preview buttons shown under the controls in the panel (e.g. a preprocessed map)."""
         return []
 
+    def describe(self, kind: str, args: dict, width: int, height: int) -> str:
+        """A short line shown in the script's panel, from the panel's values and the tab's output size."""
+        return ""
+
     def values_from_infotext(self, fields: dict) -> dict:
         """Control values (by name) read back from a parsed infotext (``modules.infotext.parse_infotext``), so
         that pasting generation parameters fills the script's panel too; values not in the infotext are left out."""
@@ -79,11 +86,13 @@ class Preview:
     name: str
     label: str
     render: Callable[[dict, int, int], object]
+    group: str = ""  # shown in the tab of the controls of this group, beside its image
 
 
 def infotext_values(state, kind: str, fields: dict) -> dict:
     """``{title: {control name: value}}`` that the always-on scripts of ``kind`` read from a parsed infotext
-    (values a control would reject are dropped, with a log line)."""
+    (values a control would reject are dropped, with a log line). A script the infotext says nothing of gets its
+    switches turned off, so that pasted parameters never leave a panel on from an earlier paste."""
     out = {}
     for script in (s for s in scripts_for(state, kind) if s.alwayson):
         try:
@@ -98,6 +107,8 @@ def infotext_values(state, kind: str, fields: dict) -> dict:
                 values[name] = _coerce(controls[name], value)
             except (KeyError, ValueError) as e:
                 log.warning("%s: infotext value for %s ignored (%s)", script.title, name, e)
+        if not found:
+            values = {c.name: False for c in controls.values() if c.switch}
         if values:
             out[script.title] = values
     return out

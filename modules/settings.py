@@ -18,6 +18,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "grid_format": ("png", "jpg", "webp"),
     "randn_source": ("CPU", "GPU"),
     "emphasis": ("Original", "No norm", "Ignore", "None"),
+    "show_progress_type": ("Auto", "Full", "Approx cheap", "Approx NN", "TAESD"),
 }
 
 
@@ -47,6 +48,9 @@ class Settings:
     # live preview
     live_previews_enable: bool = True
     show_progress_every_n_steps: int = 1
+    # A1111's "Live preview display mode": "Full" = VAE decode, "Approx cheap" = linear approximation; "Auto" (and
+    # A1111's "Approx NN" / "TAESD", whose networks are not shipped) = Full for small images (latent_preview.py)
+    show_progress_type: str = "Auto"
     # inpainting
     inpainting_mask_weight: float = 1.0
     # paths ("" = the default folder under the data folder's outputs/; relative paths are below the data folder)

@@ -1,8 +1,10 @@
 """The extension system through the normal discovery path: the third-party-style test extension (tab, setting,
-hook, infotext field, HTTP route, page assets), broken extensions, enable/disable, and the scripts API's errors."""
+hook, infotext field, HTTP route, page assets), broken extensions, AUTOMATIC1111 extensions (recognised, not run),
+enable/disable, and the scripts API's errors."""
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -23,7 +25,30 @@ from tests.engine_fixtures import make_state
 
 TEST_EXTENSIONS = REPO_ROOT / "tests" / "extensions"
 
+A1111_SCRIPT = (  # the usual shape of an A1111 script; none of it exists here under these names
+    "import gradio as gr\n"
+    "import modules.scripts as scripts\n"
+    "from modules import script_callbacks, shared\n"
+    "from modules.processing import process_images\n\n\n"
+    "class Script(scripts.Script):\n"
+    "    def title(self):\n        return 'A1111 style'\n\n"
+    "    def show(self, is_img2img):\n        return scripts.AlwaysVisible\n\n"
+    "    def ui(self, is_img2img):\n        return [gr.Checkbox(label='Enable')]\n\n"
+    "    def process(self, p, enable):\n        if enable and shared.opts.data:\n            process_images(p)\n\n\n"
+    "script_callbacks.on_ui_tabs(lambda: [])\n")
+A1111_INSTALL = ("open('install-ran', 'w').close()  # a marker: this file must never run here\n"
+                 "import launch\n\nif not launch.is_installed('x'):\n    launch.run_pip('install x', 'x')\n")
+A1111_REASON = ("A1111 extension: not supported — needs launch, modules.processing.process_images, "
+                "modules.script_callbacks, modules.scripts.AlwaysVisible, modules.shared")
+
 BROKEN = {
+    "a1111-style/scripts/a1111_style.py": A1111_SCRIPT,
+    "a1111-style/install.py": A1111_INSTALL,
+    "a1111-style/javascript/a1111.js": "window.a1111Loaded = true;\n",
+    "a1111-ui-only/scripts/panel.py": ("import modules.scripts as scripts\n\n\nclass Script(scripts.Script):\n"
+                                       "    def ui(self, is_img2img):\n        return []\n"),
+    "declared-ours/extension.toml": 'name = "declared-ours"\n',
+    "declared-ours/scripts/shared.py": "import modules.shared\n",
     "broken-import/scripts/broken.py": "import module_that_does_not_exist_anywhere\n",
     "needs-missing/extension.toml": 'name = "needs-missing"\nrequires = ["not-installed"]\n',
     "needs-missing/scripts/fine.py": "",
@@ -49,8 +74,8 @@ BROKEN = {
 }
 
 
-def _write_broken(root: Path) -> Path:
-    for name, text in BROKEN.items():
+def _write_broken(root: Path, files: dict[str, str] = BROKEN) -> Path:
+    for name, text in files.items():
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
@@ -81,11 +106,34 @@ def test_good_extensions_load_in_order_and_broken_ones_are_skipped_with_a_reason
         "bad-install": "install.py failed (exit 3)",
         "cycle-a": "load order cycle",
         "cycle-b": "load order cycle",
+        "declared-ours": "ModuleNotFoundError: No module named 'modules.shared'",  # extension.toml: one of ours
     }
     for name, reason in expected.items():
         assert not items[name].loaded
         assert any(reason in error for error in items[name].errors), items[name].errors
     assert {s.title for s in state.extensions.scripts} == {"Hires fix", "X/Y/Z plot", "ControlNet"}
+
+
+def test_a1111_extensions_are_named_as_such_and_none_of_their_code_runs(state):
+    items = {e.name: e for e in state.extensions.items}
+    assert items["a1111-style"].errors == [A1111_REASON]
+    assert items["a1111-ui-only"].errors == [
+        "A1111 extension: not supported — its scripts use A1111's ui(self, is_img2img)"]
+    assert not items["a1111-style"].loaded and not items["a1111-ui-only"].loaded
+    assert not (items["a1111-style"].path / "install-ran").exists()
+    assert not [m for m in sys.modules if m.startswith(("sdwebui_ext.a1111_style", "sdwebui_ext.a1111_ui_only"))]
+    assert "a1111Loaded" not in ui_assets(state)[0]
+    assert not any("A1111" in e for e in items["broken-import"].errors)  # no extension.toml, but nothing of A1111's
+
+
+def test_a1111_extension_is_reported_in_one_log_line_without_a_traceback(tmp_path, caplog):
+    root = _write_broken(tmp_path / "extensions", {k: v for k, v in BROKEN.items() if k.startswith("a1111-style/")})
+    args = ["--data-dir", str(tmp_path / "data"), "--ckpt-dir", str(tmp_path), "--device", "cpu"]
+    fresh = create_state(parse_command_line(args).options)
+    with caplog.at_level(logging.INFO, logger="modules.extensions"):
+        load_extensions(fresh, [root])
+    assert [(r.levelname, r.getMessage(), r.exc_info) for r in caplog.records] == [
+        ("ERROR", f"extension 'a1111-style' skipped: {A1111_REASON}", None)]
 
 
 def test_setting_drives_a_hook_that_visibly_changes_the_output_and_adds_an_infotext_field(state):

@@ -1,6 +1,8 @@
 """Hires fix (the shipped always-on extension) on a real tiny checkpoint: size, infotext, content, arguments."""
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -10,8 +12,10 @@ from modules.extensions import load_extensions
 from modules.hooks import HookPoint
 from modules.infotext import parse_infotext
 from modules.processing.params import Txt2ImgParams
+from modules.processing.progress import JobProgress
 from modules.scripts import find_script, named_args, run_generation
 from tests.engine_fixtures import make_state
+from webui.progress_html import progress_html
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +115,77 @@ def test_arguments_by_name_by_position_and_from_an_a1111_request(state):
         run_generation(state, _params(), alwayson={"Hires fix": {"args": {"enable": True, "hr_upscaler": "Bogus"}}})
     with pytest.raises(ValueError, match="unknown argument"):
         run_generation(state, _params(), alwayson={"Hires fix": {"args": {"upscale": 2}}})
-    with pytest.raises(ValueError, match="hires checkpoint"):
+    with pytest.raises(ValueError, match="hr_checkpoint_name: 'nope' is not one of Use same checkpoint, tiny"):
         run_generation(state, _params(),
                        alwayson={"Hires fix": {"args": {"enable": True, "hr_checkpoint_name": "nope"}}})
+
+
+def test_hires_checkpoint_dropdown_lists_the_checkpoints_and_takes_a1111_names(state):
+    script = find_script(state, "txt2img", "Hires fix")
+    folder = state.checkpoints.roots[0]
+    (folder / "sub").mkdir(exist_ok=True)
+    shutil.copy(folder / "tiny.safetensors", folder / "sub" / "other.safetensors")  # added while the app runs
+    try:
+        control = next(c for c in script.controls("txt2img") if c.name == "hr_checkpoint_name")
+        assert control.kind == "dropdown"
+        assert control.choices == ("Use same checkpoint", "sub/other.safetensors", "tiny.safetensors")
+        mapped = script.args_from_request(enable_hr=True, hr_checkpoint_name="other [0123456789]")  # A1111 title
+        assert named_args(script, "txt2img", mapped)["hr_checkpoint_name"] == "sub/other.safetensors"
+        pasted = script.values_from_infotext({"Hires upscale": 2, "Hires checkpoint": "other"})
+        assert pasted["hr_checkpoint_name"] == "sub/other.safetensors"
+    finally:
+        shutil.rmtree(folder / "sub")
+        state.checkpoints.refresh()
+
+
+def test_panel_line_tells_the_size_the_second_pass_makes(state):
+    script = find_script(state, "txt2img", "Hires fix")
+    assert script.describe("txt2img", named_args(script, "txt2img", None), 64, 64) == \
+        "Hires fix: from 64×64 to 128×128"
+    resized = named_args(script, "txt2img", {"hr_resize_x": 96})
+    assert script.describe("txt2img", resized, 64, 48) == "Hires fix: from 64×48 to 96×72"
+
+
+def _watch(state, point, look, run):
+    state.hooks.register(point, look, "test-watch")
+    try:
+        return run()
+    finally:
+        state.hooks.unregister_owner("test-watch")
+
+
+def test_progress_counts_the_second_pass_and_says_hires_pass(state):
+    progress = JobProgress()
+    seen = []  # what the progress bar shows at each second-pass step (read before the step is counted)
+
+    def look(event) -> None:
+        if event.params.width == 128:
+            seen.append((progress.fraction, progress.eta_seconds, progress_html(progress, 0)))
+
+    hires = {"enable": True, "hr_second_pass_steps": 10, "denoising_strength": 0.5}
+    _watch(state, HookPoint.AFTER_CFG, look,
+           lambda: run_generation(state, _params(), progress, alwayson={"Hires fix": {"args": hires}}))
+    # 2 first-pass steps, then the int(0.5 * 10) + 1 = 6 steps the second pass's sampler runs
+    bars = [bar for _, _, bar in seen]
+    assert len(bars) == 6 and all(f"Step {2 + k}/8" in bar for k, bar in enumerate(bars))  # it keeps rising
+    assert "Hires pass 3/6" in bars[3]
+    fractions = [f for f, _, _ in seen]
+    assert fractions == sorted(set(fractions)) and 0 < fractions[0] and fractions[-1] < 1
+    assert all(eta > 0 for _, eta, _ in seen)
+    assert progress.step == progress.total_steps == 8 and progress.textinfo == "Hires pass 6/6"
+
+
+def test_progress_of_a_batch_counts_each_images_second_pass(state):
+    progress = JobProgress()
+    batch_ends = []  # the job's step count once a first-pass batch and its second passes are done
+
+    def look(event) -> None:
+        if event.params.width == 64:
+            batch_ends.append(progress.step)
+
+    hires = {"enable": True, "hr_upscaler": "Lanczos", "hr_second_pass_steps": 4, "denoising_strength": 0.5}
+    _watch(state, HookPoint.AFTER_DECODE, look, lambda: run_generation(
+        state, _params(batch_size=2, n_iter=2), progress, alwayson={"Hires fix": {"args": hires}}))
+    # each batch: 2 first-pass steps, then int(0.5 * 4) + 1 = 3 steps for each of its 2 images
+    assert batch_ends == [8, 16] and progress.total_steps == 16
+    assert progress.textinfo == "Hires pass 3/3, image 4/4"

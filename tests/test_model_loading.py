@@ -9,7 +9,7 @@ import torch
 
 from modules.models import builders, keymap
 from modules.models.export import export_model, original_state_dict, save_safetensors
-from modules.models.loader import LoadOptions, load_checkpoint, load_vae_file
+from modules.models.loader import LoadOptions, file_resolution, load_checkpoint, load_vae_file
 from modules.models.safetensors_file import ModelFileError, read_header
 from modules.models.spec import Family, detect
 from tests import tiny_models
@@ -201,6 +201,20 @@ def test_v_prediction_sources(tmp_path):
     probe = "model.diffusion_model.output_blocks.5.1.transformer_blocks.0.norm1.bias"  # the tiny model's last block
     sd[probe] = torch.linspace(-0.5, 0.5, sd[probe].numel())  # the spread v-objective training leaves
     assert load_checkpoint(save_safetensors(sd, tmp_path / "v.safetensors")).spec.prediction == "v"
+
+
+def test_native_size_from_metadata_or_family(tmp_path):
+    sd1 = tiny_models.write("sd1", tmp_path / "sd1.safetensors")
+    assert file_resolution(sd1) == (512, 512) == load_checkpoint(sd1).native_size
+    wide = tiny_models.write("sd1", tmp_path / "wide.safetensors", metadata={"modelspec.resolution": "96x64"})
+    assert file_resolution(wide) == (96, 64) == load_checkpoint(wide).native_size
+    sd2 = tiny_models.write("sd2", tmp_path / "sd2.safetensors")
+    assert file_resolution(sd2) == (512, 512)
+    sd2.with_suffix(".yaml").write_text('model:\n  params:\n    parameterization: "v"\n')
+    assert file_resolution(sd2) == (768, 768) == load_checkpoint(sd2).native_size  # SD2 768-v
+    assert file_resolution(tiny_models.write("sdxl", tmp_path / "xl.safetensors")) == (1024, 1024)
+    (tmp_path / "broken.safetensors").write_bytes(b"not a checkpoint")
+    assert file_resolution(tmp_path / "broken.safetensors") is None
 
 
 # --- bad files ------------------------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ def start_model_load(state, after: threading.Event | None = None, wait_s: float 
     With ``after``, the load waits (up to ``wait_s``) until that event is set, e.g. until the server listens, so
     that the page is served first on a machine with few cores.
     """
-    from modules.app_state import default_checkpoint
+    from modules.app_state import startup_checkpoint
     from modules.models.safetensors_file import ModelFileError
 
     started = time.perf_counter()
@@ -34,14 +34,11 @@ def start_model_load(state, after: threading.Event | None = None, wait_s: float 
     def load(progress):
         if after is not None:
             after.wait(wait_s)
-        info = default_checkpoint(state)
+        info = startup_checkpoint(state)
         if info is None:
             raise ModelFileError(f"no checkpoint found in {options.ckpt_dir}: put a .safetensors checkpoint there "
                                  "(or pass --ckpt)")
         progress.textinfo = f"loading {info.filename}"
-        wanted = state.settings.current.sd_model_checkpoint
-        if wanted and not options.ckpt and state.checkpoints.find(wanted) is not None:
-            info = state.checkpoints.find(wanted)  # the checkpoint chosen last time
         model = state.models.load(info)
         if state.settings.current.sd_vae != state.models.vae_choice:
             try:

@@ -83,6 +83,19 @@ class UiContext:
             self.state.extensions.infotext_pasted(text, fields)
         return fields
 
+    def model_size(self) -> tuple[int, int]:
+        """The native (width, height) of the loaded checkpoint, else of the one being loaded at start (read from
+        its header), else SD1's 512×512: the size fields' default."""
+        from modules.app_state import startup_checkpoint
+        from modules.models.loader import file_resolution
+
+        model = self.state.models.current
+        if model is not None:
+            return model.native_size
+        info = startup_checkpoint(self.state)
+        found = file_resolution(info.path, self.state.options.allow_pickle) if info is not None else None
+        return found or (512, 512)
+
     @property
     def model_ready(self) -> bool:
         job = self.startup_job

@@ -1,11 +1,13 @@
-"""Extensions tab: installed extensions with enable/disable, their load errors, install from a git URL, and
-"Apply and restart UI" (saves the choice and restarts the server in place)."""
+"""Extensions tab: installed extensions with enable/disable, their load errors, install from a git URL (an
+AUTOMATIC1111 extension is named as such and not loaded), and "Apply and restart UI" (saves the choice and restarts
+the server in place)."""
 from __future__ import annotations
 
 import html
 
 import gradio as gr
 
+from modules.extensions import a1111_reason
 from webui import extension_install, restart
 from webui.context import UiContext
 
@@ -71,6 +73,10 @@ def _install_panel(ctx: UiContext, registry) -> None:
             path = extension_install.install(url_text, dirs[0], folder_name)
         except extension_install.InstallError as e:
             return f"<div class='sd-error'>{html.escape(str(e))}</div>"
+        reason = a1111_reason(path)
+        if reason:
+            return (f"<div class='sd-error'>Cloned into {html.escape(str(path))}, but it will not be loaded: "
+                    f"{html.escape(reason)}. Delete that folder to remove it.</div>")
         return (f"<div class='sd-ok'>Installed into {html.escape(str(path))}. Use <b>Apply and restart UI</b> to "
                 "load it.</div>")
 

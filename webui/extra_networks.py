@@ -1,4 +1,5 @@
-"""Extra networks cards (checkpoints, LoRAs, embeddings) with search; a click inserts a tag or switches model.
+"""Extra networks cards (checkpoints, LoRAs, embeddings) with search; a click adds or removes a tag, or switches
+model.
 
 A card click (static/script.js) writes ``kind\\tname\\tnonce`` into a hidden textbox; its change event does the rest.
 """
@@ -7,6 +8,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +16,7 @@ import gradio as gr
 from PIL import Image
 
 from webui.context import UiContext
+from webui.icons import icon_button
 from webui.top_bar import switch_checkpoint
 
 PREVIEW_SUFFIXES = (".png", ".preview.png")
@@ -62,7 +65,7 @@ def cards_html(items: list[Card], target: str, query: str = "") -> str:
     query = (query or "").strip().lower()
     shown = [c for c in items if query in c.name.lower()]
     if not shown:
-        return '<div class="sd-cards-empty">Nothing here. Put files in the models folders and press 🔄.</div>'
+        return '<div class="sd-cards-empty">Nothing here. Put files in the models folders and press Refresh.</div>'
     out = []
     for c in shown:
         thumb = _thumbnail(c.preview)
@@ -73,10 +76,21 @@ def cards_html(items: list[Card], target: str, query: str = "") -> str:
     return f'<div class="sd-cards">{"".join(out)}</div>'
 
 
-def insert_into_prompt(prompt: str, kind: str, name: str) -> str:
-    """The prompt with a LoRA tag or an embedding name appended (separated by a space or ", ")."""
-    text = f"<lora:{name}:1>" if kind == "lora" else name
+def _card_pattern(kind: str, name: str) -> re.Pattern:
+    """The card's text in a prompt (a LoRA tag at any weight, or the embedding's word) with the separator before."""
+    if kind == "lora":
+        return re.compile(rf"[\s,]*<lora:{re.escape(name)}(?::[^>]*)?>")
+    return re.compile(rf"[\s,]*(?<![\w-]){re.escape(name)}(?![\w-])")
+
+
+def toggle_in_prompt(prompt: str, kind: str, name: str) -> str:
+    """The prompt with a LoRA tag or an embedding name appended (after a space or ", "), or, when it is there
+    already, without it (as A1111's card click)."""
     prompt = prompt or ""
+    pattern = _card_pattern(kind, name)
+    if pattern.search(prompt):
+        return pattern.sub("", prompt).strip(" ,")
+    text = f"<lora:{name}:1>" if kind == "lora" else name
     if not prompt.strip():
         return text
     return prompt + ("" if prompt.endswith((" ", ",")) else " " if kind == "lora" else ", ") + text
@@ -87,8 +101,7 @@ def build_panel(ctx: UiContext, target: str, prompt) -> None:
     with gr.Row():
         search = gr.Textbox(label="Search", scale=4, elem_id=ctx.tip(f"{target}_en_search",
                                                                      "Show only cards whose name contains this"))
-        refresh = gr.Button("🔄", scale=0, min_width=40, elem_id=ctx.tip(f"{target}_en_refresh",
-                                                                         "Scan the models folders again"))
+        refresh = icon_button("refresh", "Refresh", ctx.tip(f"{target}_en_refresh", "Scan the models folders again"))
     sections = {}
     with gr.Tabs():
         for section, items in cards(ctx.state).items():
@@ -113,7 +126,7 @@ def build_panel(ctx: UiContext, target: str, prompt) -> None:
         if kind == "checkpoint":
             return gr.skip(), switch_checkpoint(ctx, name)
         if kind in ("lora", "embedding"):
-            return insert_into_prompt(text, kind, name), gr.skip()
+            return toggle_in_prompt(text, kind, name), gr.skip()
         return gr.skip(), gr.skip()
 
     pick.change(on_pick, [pick, prompt], [prompt, ctx.top_bar.checkpoint], show_progress="hidden")

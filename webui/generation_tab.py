@@ -1,6 +1,8 @@
 """The txt2img and img2img tabs: prompts, generation controls, scripts, output panel, and the generate loop."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,8 +14,11 @@ from modules.processing.outputs import zip_images
 from modules.processing.params import MAX_BATCH_SIZE, MAX_SIZE, MAX_STEPS, MIN_SIZE
 from modules.prompts.styles import PromptStyle, apply_styles, load_styles, save_style
 from modules.sampling.registry import sampler_names, schedule_labels
+from modules.prompts.network_tags import extract_network_tags
 from webui import extra_networks, img2img_inputs, script_controls
 from webui.context import UiContext
+from webui.icons import icon_button
+from webui.notices import user_error
 from webui.params_fields import (INPAINT_AREAS, MASK_MODES, MASKED_CONTENT, RESIZE_MODES, build_params,
                                  looks_like_infotext)
 from webui.progress_html import info_html, progress_html
@@ -31,9 +36,14 @@ class GenerationTab:
     info: object = None
     inputs: object = None  # img2img_inputs.Img2ImgInputs for img2img
     send_buttons: dict = field(default_factory=dict)
+    folder_button: object = None  # shown only to a browser on the server's machine
+    generate: object = None
+    interrupt: object = None
+    skip: object = None
 
 
 def _token_counter(ctx: UiContext, text: str) -> str:
+    """"used/capacity" of the prompt's tokens; extra-network tags (``<lora:…>``) take none, as in A1111."""
     model = ctx.state.models.current
     if model is None:
         return '<span class="sd-tokens">…/75</span>'
@@ -42,7 +52,7 @@ def _token_counter(ctx: UiContext, text: str) -> str:
     settings = ctx.state.settings.current
     try:
         used, capacity = PromptEncoder(model, settings.CLIP_stop_at_last_layers, settings.emphasis,
-                                       ctx.state.networks.embeddings()).token_count(text or "")
+                                       ctx.state.networks.embeddings()).token_count(extract_network_tags(text or "")[0])
     except Exception:  # noqa: BLE001 - a counter must never break typing
         return '<span class="sd-tokens">?/75</span>'
     return f'<span class="sd-tokens">{used}/{capacity}</span>'
@@ -50,8 +60,8 @@ def _token_counter(ctx: UiContext, text: str) -> str:
 
 def _prompt_box(ctx: UiContext, kind: str, name: str, label: str, tip: str, lines: int):
     with gr.Column(scale=6, elem_classes="sd-prompt-col"):
-        box = gr.Textbox(label=label, lines=lines, max_lines=20, elem_id=ctx.tip(f"{kind}_{name}", tip),
-                         placeholder=f"{label} (Ctrl+Enter to generate)")
+        box = gr.Textbox(label=label, show_label=False, lines=lines, max_lines=20,
+                         elem_id=ctx.tip(f"{kind}_{name}", tip), placeholder=f"{label} (Ctrl+Enter to generate)")
         counter = gr.HTML('<span class="sd-tokens">0/75</span>', elem_id=f"{kind}_{name}_tokens",
                           elem_classes="sd-token-counter")
     box.change(lambda text: _token_counter(ctx, text), box, counter, trigger_mode="always_last",
@@ -59,18 +69,19 @@ def _prompt_box(ctx: UiContext, kind: str, name: str, label: str, tip: str, line
     return box
 
 
-def _styles_row(ctx: UiContext, tab: GenerationTab):
+def _styles_controls(ctx: UiContext, tab: GenerationTab, apply):
+    """The styles dropdown, a name box and its save button, under the action buttons; ``apply`` is the icon button
+    that writes the selected styles into the prompts."""
     kind = tab.kind
     names = lambda: sorted(load_styles(ctx.state.styles_path))  # noqa: E731
-    with gr.Row(elem_classes="sd-styles"):
-        styles = gr.Dropdown(names(), multiselect=True, label="Styles", scale=4,
-                             elem_id=ctx.tip(f"{kind}_styles", "Styles added to the prompts of every job"))
-        apply = gr.Button("📋", scale=0, min_width=40,
-                          elem_id=ctx.tip(f"{kind}_style_apply", "Apply the selected styles to the prompts now"))
-        name = gr.Textbox(label="New style name", scale=2,
-                          elem_id=ctx.tip(f"{kind}_style_name", "Name under which to save the current prompts"))
-        save = gr.Button("💾", scale=0, min_width=40,
-                         elem_id=ctx.tip(f"{kind}_style_save", "Save the current prompts as a style"))
+    styles = gr.Dropdown(names(), multiselect=True, label="Styles",
+                         elem_id=ctx.tip(f"{kind}_styles", "Styles added to the prompts of every job"))
+    with gr.Row(elem_classes="sd-style-save"):
+        name = gr.Textbox(label="New style name", show_label=False, container=False, placeholder="New style name",
+                          scale=4, elem_id=ctx.tip(f"{kind}_style_name",
+                                                   "Name under which to save the current prompts"))
+        save = icon_button("save", "Save style", ctx.tip(f"{kind}_style_save", "Save the current prompts as a "
+                                                         "style"))
 
     def do_apply(selected, prompt, negative):
         chosen = [s for n, s in load_styles(ctx.state.styles_path).items() if n in (selected or [])]
@@ -80,7 +91,7 @@ def _styles_row(ctx: UiContext, tab: GenerationTab):
     def do_save(style_name, prompt, negative):
         style_name = (style_name or "").strip()
         if not style_name:
-            raise gr.Error("Type a name for the style first")
+            raise user_error("Type a name for the style first")
         save_style(ctx.state.styles_path, PromptStyle(style_name, prompt, negative))
         gr.Info(f"Saved style {style_name!r}")
         return gr.update(choices=names()), ""
@@ -96,10 +107,9 @@ def _seed_controls(ctx: UiContext, tab: GenerationTab):
         f["seed"] = gr.Number(-1, label="Seed", precision=0, scale=4,
                               elem_id=ctx.tip(f"{kind}_seed", "-1 picks a random seed; the same seed and settings "
                                               "give the same image"))
-        random_seed = gr.Button("🎲", scale=0, min_width=40, elem_id=ctx.tip(f"{kind}_random_seed",
-                                                                            "Random seed (-1)"))
-        reuse_seed = gr.Button("♻️", scale=0, min_width=40, elem_id=ctx.tip(f"{kind}_reuse_seed",
-                                                                            "Reuse the seed of the selected image"))
+        random_seed = icon_button("dice", "Random seed", ctx.tip(f"{kind}_random_seed", "Random seed (-1)"))
+        reuse_seed = icon_button("reuse", "Reuse seed", ctx.tip(f"{kind}_reuse_seed",
+                                                                "Reuse the seed of the selected image"))
         extra = gr.Checkbox(False, label="Extra", scale=1, elem_id=ctx.tip(f"{kind}_seed_extra",
                                                                         "Variation seed and seed resize options"))
     with gr.Group(visible=False) as extra_group:
@@ -126,7 +136,8 @@ def _seed_controls(ctx: UiContext, tab: GenerationTab):
     reuse_seed.click(last_seed, None, f["seed"], show_progress="hidden")
 
 
-def _sampling_controls(ctx: UiContext, tab: GenerationTab):
+def _sampling_controls(ctx: UiContext, tab: GenerationTab, size: tuple[int, int]):
+    """Sampler, schedule, steps, size (``size``: the checkpoint's native one), batch and CFG."""
     kind, f = tab.kind, tab.fields
     with gr.Row():
         f["sampler_name"] = gr.Dropdown(sampler_names(), value="Euler a" if "Euler a" in sampler_names()
@@ -138,11 +149,11 @@ def _sampling_controls(ctx: UiContext, tab: GenerationTab):
                                elem_id=ctx.tip(f"{kind}_steps", "More steps: more detail, slower"))
     with gr.Row():
         with gr.Column(scale=4):
-            f["width"] = gr.Slider(MIN_SIZE, min(MAX_SIZE, 2048), 512, step=8, label="Width",
+            f["width"] = gr.Slider(MIN_SIZE, min(MAX_SIZE, 2048), size[0], step=8, label="Width",
                                    elem_id=ctx.tip(f"{kind}_width", "Image width in pixels (multiple of 8)"))
-            f["height"] = gr.Slider(MIN_SIZE, min(MAX_SIZE, 2048), 512, step=8, label="Height",
+            f["height"] = gr.Slider(MIN_SIZE, min(MAX_SIZE, 2048), size[1], step=8, label="Height",
                                     elem_id=ctx.tip(f"{kind}_height", "Image height in pixels (multiple of 8)"))
-        swap = gr.Button("⇅", scale=0, min_width=40, elem_id=ctx.tip(f"{kind}_swap", "Swap width and height"))
+        swap = icon_button("swap", "Swap width and height", ctx.tip(f"{kind}_swap", "Swap width and height"))
         with gr.Column(scale=2):
             f["n_iter"] = gr.Slider(1, 100, 1, step=1, label="Batch count",
                                     elem_id=ctx.tip(f"{kind}_batch_count", "How many batches, one after another"))
@@ -186,21 +197,24 @@ def _img2img_controls(ctx: UiContext, tab: GenerationTab):
     tab.inpaint_group = inpaint_group
 
 
+OUTPUT_HEIGHT = 400  # px: the gallery and the live preview in its place; fits beside the controls at 1440×900
+
+
 def _output_panel(ctx: UiContext, tab: GenerationTab):
     kind = tab.kind
     tab.progress = gr.HTML("", elem_id=f"{kind}_progress", elem_classes="sd-progress-box")
     tab.preview = gr.Image(label="Live preview", visible=False, interactive=False, elem_id=f"{kind}_preview",
-                           height=256, format="png")
-    tab.gallery = gr.Gallery(label="Output", format="png", columns=4, height=420, object_fit="contain",
-                             elem_id=f"{kind}_gallery", interactive=False)
+                           height=OUTPUT_HEIGHT, format="png", show_label=False, elem_classes="sd-output-image")
+    tab.gallery = gr.Gallery(label="Output", format="png", columns=4, height=OUTPUT_HEIGHT, object_fit="contain",
+                             preview=True, elem_id=f"{kind}_gallery", interactive=False, elem_classes="sd-output-image")
     with gr.Row(elem_classes="sd-output-buttons"):
-        folder = gr.Button("📂", min_width=40, elem_id=ctx.tip(f"{kind}_open_folder",
-                                                              "Open the images folder (on this computer only)"),
-                           interactive=ctx.state.options.server.host in ("127.0.0.1", "localhost"))
-        save = gr.Button("💾 Save", min_width=40, elem_id=ctx.tip(
-            f"{kind}_save", "Save the selected image to the Save button's folder (Settings → Paths)"))
-        zip_button = gr.Button("🗜️ Zip", min_width=40, elem_id=ctx.tip(f"{kind}_zip",
-                                                                     "Download all images of the last job as a zip"))
+        tab.folder_button = folder = icon_button(
+            "folder", "Open images folder", ctx.tip(f"{kind}_open_folder", "Open the images folder in this "
+                                                    "computer's file browser"), visible=False)
+        save = icon_button("save", "Save", ctx.tip(f"{kind}_save", "Save the selected image to the Save button's "
+                                                   "folder (Settings → Paths)"), with_text=True)
+        zip_button = icon_button("zip", "Zip", ctx.tip(f"{kind}_zip", "Download all images of the last job as a "
+                                                       "zip"), with_text=True)
         for target in ("img2img", "inpaint"):
             tab.send_buttons[target] = gr.Button(f"→ {target}", min_width=40,
                                                  elem_id=ctx.tip(f"{kind}_send_to_{target}",
@@ -219,7 +233,7 @@ def _output_panel(ctx: UiContext, tab: GenerationTab):
         out = ctx.outputs.get(request.session_hash, kind)
         paths = [p for p in out.paths if p]
         if not paths:
-            raise gr.Error("Nothing to zip: the last job saved no files (enable saving images in Settings)")
+            raise user_error("Nothing to zip: the last job saved no files (enable saving images in Settings)")
         target = ctx.state.options.outputs_dir / "zips" / f"{kind}-{time.strftime('%Y%m%d-%H%M%S')}.zip"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes(zip_images(paths))
@@ -228,24 +242,20 @@ def _output_panel(ctx: UiContext, tab: GenerationTab):
     def do_save(request: gr.Request):
         out = ctx.outputs.get(request.session_hash, kind)
         if not out.images:
-            raise gr.Error("No image to save yet")
+            raise user_error("No image to save yet")
         i = min(out.selected, len(out.images) - 1)
         folder_path = ctx.state.settings.current.output_dir("save", ctx.state.options.data_dir)
         path = save_image(out.images[i], folder_path / f"{time.strftime('%Y%m%d-%H%M%S')}-{out.seeds[i]}.png",
                           infotext=out.infotexts[i])
         gr.Info(f"Saved {Path(path).name}")
 
-    def open_folder():
-        import subprocess
-        import sys
-
+    def open_folder(request: gr.Request):
         folder_path = ctx.state.settings.current.output_dir(kind, ctx.state.options.data_dir)
-        folder_path.mkdir(parents=True, exist_ok=True)
-        opener = {"darwin": "open", "win32": "explorer"}.get(sys.platform, "xdg-open")
-        try:
-            subprocess.Popen([opener, str(folder_path)])
-        except OSError:
-            gr.Warning(f"Cannot open a file browser here; the images are in {folder_path}")
+        if not is_local(request):
+            raise user_error(f"The images folder is on the server's computer: {folder_path}")
+        problem = open_in_file_browser(folder_path)
+        if problem:
+            raise user_error(f"{problem}; the images are in {folder_path}")
 
     tab.gallery.select(select, None, tab.info, show_progress="hidden")
     zip_button.click(do_zip, None, tab.download)
@@ -253,8 +263,37 @@ def _output_panel(ctx: UiContext, tab: GenerationTab):
     folder.click(open_folder, None, None)
 
 
+def is_local(request: gr.Request | None) -> bool:
+    """Whether the browser runs on the server's machine (a loopback client address)."""
+    host = getattr(getattr(request, "client", None), "host", "") or ""
+    return host in ("127.0.0.1", "::1", "localhost") or host.startswith("127.")
+
+
+def open_in_file_browser(folder: Path, wait_s: float = 3) -> str:
+    """Open ``folder`` in the system's file browser; what went wrong, or "" when it opened (or is still
+    starting after ``wait_s``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    opener = {"darwin": "open", "win32": "explorer"}.get(sys.platform, "xdg-open")
+    try:
+        process = subprocess.Popen([opener, str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except OSError as e:
+        return f"Cannot open a file browser here ({opener}: {e.strerror or e})"
+    try:
+        code = process.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        return ""
+    return "" if code == 0 or sys.platform == "win32" else f"The file browser did not open ({opener} exit {code})"
+
+
+def _snapped_sizes(tab: GenerationTab, values: dict) -> dict:
+    """Updates that put sizes which are not multiples of 8 in the fields as the job renders them (rounded down)."""
+    return {tab.fields[n]: gr.update(value=v - v % 8) for n in ("width", "height")
+            if isinstance(v := values.get(n), (int, float)) and v % 8}
+
+
 def _run(ctx: UiContext, tab: GenerationTab, data: dict, request: gr.Request, script_ui):
-    """Submit the job and stream progress, preview and finished images until it ends."""
+    """Submit the job and stream progress, the live preview (in the gallery's place) and finished images until it
+    ends; yields ``{component: update}``."""
     kind, f = tab.kind, tab.fields
     values = {name: data[comp] for name, comp in f.items()}
     out = ctx.outputs.get(request.session_hash, kind)
@@ -263,29 +302,32 @@ def _run(ctx: UiContext, tab: GenerationTab, data: dict, request: gr.Request, sc
         params = build_params(kind, values, extra)
         job = script_controls.submit(ctx.state, params, script_ui, data)
     except ValueError as e:
-        yield gr.skip(), info_html("", error=str(e)), "", gr.update(visible=False)
+        yield {tab.info: info_html("", error=str(e)), tab.progress: ""}
         return
     out.job = job
-    yield gr.skip(), "", progress_html(job.progress, ctx.state.queue.position(job)), gr.skip()  # old info goes
+    yield {**_snapped_sizes(tab, values), tab.info: "",  # the last job's info goes
+           tab.progress: progress_html(job.progress, ctx.state.queue.position(job))}
     preview_step = -1
     shown = 0
     while not job.done:
         progress = job.progress
-        preview = gr.skip()
+        frame = {tab.progress: progress_html(progress, ctx.state.queue.position(job))}
         if progress.preview is not None and progress.preview_step != preview_step:
             preview_step = progress.preview_step
-            preview = gr.update(value=progress.preview, visible=True)
-        images = gr.skip()
+            frame[tab.preview] = gr.update(value=progress.preview, visible=True)
+            frame[tab.gallery] = gr.update(visible=False)
         if len(progress.images) != shown:
             shown = len(progress.images)
-            images = list(progress.images)
-        yield images, gr.skip(), progress_html(progress, ctx.state.queue.position(job)), preview
+            frame[tab.gallery] = gr.update(value=list(progress.images), visible=preview_step < 0)
+        yield frame
         job.wait_done(POLL_SECONDS)  # returns as soon as the job ends
+    done = {tab.progress: "", tab.preview: gr.update(visible=False)}
     try:
         result = job.wait()
     except Exception as e:  # noqa: BLE001 - the error is the user's to read; the UI goes on
         kept = list(job.progress.images)
-        yield kept or gr.skip(), info_html("", error=f"{type(e).__name__}: {e}"), "", gr.update(visible=False)
+        yield {**done, tab.gallery: gr.update(value=kept, visible=True) if kept else gr.update(visible=True),
+               tab.info: info_html("", error=f"{type(e).__name__}: {e}")}
         return
     out.images, out.infotexts, out.paths = list(result.images), list(result.infotexts), list(result.paths)
     out.seeds, out.subseeds, out.selected = list(result.seeds), list(result.subseeds), 0
@@ -297,40 +339,49 @@ def _run(ctx: UiContext, tab: GenerationTab, data: dict, request: gr.Request, sc
         out.images.insert(0, result.grid)
         out.infotexts.insert(0, first)
         out.seeds.insert(0, out.seeds[0] if out.seeds else -1)
-    yield gallery, info_html(first, warnings), "", gr.update(visible=False)
+    yield {**done, tab.gallery: gr.update(value=gallery, visible=True), tab.info: info_html(first, warnings)}
+
+
+def _action_buttons(ctx: UiContext, tab: GenerationTab):
+    """Generate, Interrupt and Skip, the tool buttons (read parameters, clear prompt, apply styles) and styles."""
+    kind = tab.kind
+    tab.generate = gr.Button("Generate", variant="primary", elem_id=ctx.tip(
+        f"{kind}_generate", "Start a job (Ctrl+Enter); right-click: Generate forever"))
+    with gr.Row():
+        tab.interrupt = gr.Button("Interrupt", elem_id=ctx.tip(f"{kind}_interrupt",
+                                                               "Stop your current job; finished images stay"))
+        tab.skip = gr.Button("Skip", elem_id=ctx.tip(f"{kind}_skip", "Stop the current batch, go on with the next"))
+    with gr.Row(elem_classes="sd-tools"):
+        read_params = icon_button("read", "Read parameters", ctx.tip(
+            f"{kind}_read_params", "Fill the fields from generation parameters pasted into the prompt box, or from "
+            "the last job when it is empty"))
+        clear = icon_button("trash", "Clear prompt", ctx.tip(f"{kind}_clear_prompt",
+                                                             "Clear the prompt and the negative prompt"))
+        apply_styles_button = icon_button("clipboard", "Apply styles", ctx.tip(
+            f"{kind}_style_apply", "Write the selected styles into the prompts now"))
+    _styles_controls(ctx, tab, apply_styles_button)
+    clear.click(lambda: ("", ""), None, [tab.prompt, tab.negative_prompt], queue=False, show_progress="hidden")
+    return read_params
 
 
 def build_generation_tab(ctx: UiContext, kind: str) -> GenerationTab:
-    """Lay out one generation tab and wire its events; returns its components for cross-tab wiring."""
+    """Lay out one generation tab as A1111 does (prompts and actions on top; controls left, results right) and wire
+    its events; returns its components for cross-tab wiring."""
     tab = GenerationTab(kind)
     with gr.Row(elem_classes="sd-prompt-row"):
         with gr.Column(scale=8):
-            with gr.Row():
-                tab.prompt = _prompt_box(ctx, kind, "prompt", "Prompt", "What to draw; (word:1.2) for emphasis, "
-                                         "<lora:name:1> for a LoRA", 3)
-            with gr.Row():
-                tab.negative_prompt = _prompt_box(ctx, kind, "neg_prompt", "Negative prompt",
-                                                  "What to avoid in the image", 2)
-        with gr.Column(scale=2, min_width=200, elem_classes="sd-actions"):
-            generate = gr.Button("Generate", variant="primary", elem_id=ctx.tip(f"{kind}_generate",
-                                                                                "Start a job (Ctrl+Enter)"))
-            with gr.Row():
-                interrupt = gr.Button("Interrupt", elem_id=ctx.tip(f"{kind}_interrupt",
-                                                                   "Stop your current job; finished images stay"))
-                skip = gr.Button("Skip", elem_id=ctx.tip(f"{kind}_skip", "Stop the current batch, go on with "
-                                                         "the next"))
-            read_params = gr.Button("↙️ Read parameters", elem_id=ctx.tip(
-                f"{kind}_read_params", "Fill the fields from generation parameters pasted into the prompt box, "
-                "or from the last job when it is empty"))
-    tab.fields["prompt"], tab.fields["negative_prompt"] = tab.prompt, tab.negative_prompt
-    _styles_row(ctx, tab)
-    with gr.Accordion("Extra networks", open=False, elem_id=f"{kind}_extra_networks"):
-        extra_networks.build_panel(ctx, kind, tab.prompt)
+            tab.prompt = _prompt_box(ctx, kind, "prompt", "Prompt", "What to draw; (word:1.2) for emphasis, "
+                                     "<lora:name:1> for a LoRA", 4)
+            tab.negative_prompt = _prompt_box(ctx, kind, "neg_prompt", "Negative prompt",
+                                              "What to avoid in the image", 3)
+        with gr.Column(scale=3, min_width=240, elem_classes="sd-actions"):
+            tab.fields["prompt"], tab.fields["negative_prompt"] = tab.prompt, tab.negative_prompt
+            read_params = _action_buttons(ctx, tab)
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, elem_id=f"{kind}_settings"):
             if kind == "img2img":
                 tab.inputs = img2img_inputs.build(ctx)
-            _sampling_controls(ctx, tab)
+            _sampling_controls(ctx, tab, ctx.model_size())
             if kind == "img2img":
                 _img2img_controls(ctx, tab)
                 tab.inputs.wire_mode(tab.inpaint_group)
@@ -341,15 +392,18 @@ def build_generation_tab(ctx: UiContext, kind: str) -> GenerationTab:
                                 "for this tab's jobs instead of yours; remove one to keep your own"))
             script_ui = script_controls.build(ctx, kind, (tab.fields["width"], tab.fields["height"]))
             tab.fields.update(script_ui.fields)  # pasted infotext fills the always-on panels too
+            with gr.Accordion("Extra networks", open=False, elem_id=f"{kind}_extra_networks"):
+                extra_networks.build_panel(ctx, kind, tab.prompt)
         with gr.Column(scale=1, elem_id=f"{kind}_results"):
             _output_panel(ctx, tab)
 
     inputs = set(tab.fields.values()) | set(script_ui.components) | (tab.inputs.components if tab.inputs else set())
-    outputs = [tab.gallery, tab.info, tab.progress, tab.preview]
+    outputs = [tab.gallery, tab.info, tab.progress, tab.preview, tab.fields["width"], tab.fields["height"]]
+
     def generate_images(data: dict, request: gr.Request):
         yield from _run(ctx, tab, data, request, script_ui)
 
-    generate.click(generate_images, inputs, outputs, concurrency_limit=None, show_progress="hidden")
+    tab.generate.click(generate_images, inputs, outputs, concurrency_limit=None, show_progress="hidden")
 
     def control(action):
         def act(request: gr.Request):
@@ -358,15 +412,15 @@ def build_generation_tab(ctx: UiContext, kind: str) -> GenerationTab:
                 getattr(job.progress, action)()
         return act
 
-    interrupt.click(control("interrupt"), None, None, queue=False)
-    skip.click(control("skip"), None, None, queue=False)
+    tab.interrupt.click(control("interrupt"), None, None, queue=False)
+    tab.skip.click(control("skip"), None, None, queue=False)
     field_list = list(tab.fields.values())
 
     def read(prompt, request: gr.Request):
         out = ctx.outputs.get(request.session_hash, kind)
         text = prompt if looks_like_infotext(prompt or "") else (out.infotexts[0] if out.infotexts else "")
         if not text:
-            raise gr.Error("Paste generation parameters into the prompt box first")
+            raise user_error("Paste generation parameters into the prompt box first")
         return fill_updates(tab, ctx.infotext_fields(text))
 
     read_params.click(read, tab.prompt, field_list)

@@ -12,9 +12,11 @@ def format_eta(seconds: float | None) -> str:
 
 
 def progress_html(progress, queue_position: int) -> str:
-    """A bar with "Step x/y", the ETA and the queue position while waiting."""
-    if queue_position > 0:
-        text = f"Waiting in queue: position {queue_position}"
+    """A bar with "Step x/y", the ETA, and how many jobs are ahead while others are (``queue_position``: the
+    job's place in line counting the running one, 0 once it runs)."""
+    if queue_position > 1:
+        ahead = queue_position - 1
+        text = f"Waiting in queue: {ahead} job{'s' if ahead > 1 else ''} ahead"
         fraction = 0.0
     elif progress.state == "queued":
         text, fraction = "Starting…", 0.0

@@ -1,6 +1,7 @@
 """Script panels rendered from ``modules.scripts`` Controls: always-on accordions and the Script dropdown."""
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass, field, replace
 
 import gradio as gr
@@ -64,21 +65,28 @@ def controls_ui(ctx: UiContext, prefix: str, controls, values: dict | None = Non
     return out
 
 
-def _controls(ctx: UiContext, kind: str, script) -> dict:
-    return controls_ui(ctx, f"{kind}_script_{slug(script.title)}", script.controls(kind))
+def _prefix(kind: str, script) -> str:
+    return f"{kind}_script_{slug(script.title)}"
 
 
-def _previews(ctx: UiContext, kind: str, script, comps: dict, size) -> None:
-    """A button and an image per :class:`~modules.scripts.Preview` of ``script``, rendered from the panel."""
-    names = list(comps)
-    for preview in script.previews(kind):
-        prefix = f"{kind}_script_{slug(script.title)}_{slug(preview.name)}"
-        with gr.Row():
-            button = gr.Button(preview.label, size="sm", elem_id=ctx.tip(
-                prefix, "Show what the current settings produce, at the output size"))
+def _preview_slots(ctx: UiContext, kind: str, script, previews) -> list:
+    """An image and a button under it per :class:`~modules.scripts.Preview`: ``[(preview, button, image)]``."""
+    out = []
+    for preview in previews:
+        prefix = f"{_prefix(kind, script)}_{slug(preview.name)}"
+        with gr.Column(min_width=160):
             image = gr.Image(label=preview.label, type="pil", format="png", interactive=False, height=192,
                              elem_id=ctx.tip(f"{prefix}_image", preview.label))
+            button = gr.Button(preview.label, size="sm", elem_id=ctx.tip(
+                prefix, "Show what the current settings produce, at the output size"))
+        out.append((preview, button, image))
+    return out
 
+
+def _wire_previews(kind: str, script, slots: list, comps: dict, size) -> None:
+    """Each preview button renders its image from all of the panel's values and the output ``size``."""
+    names = list(comps)
+    for preview, button, image in slots:
         def show(*values, preview=preview):
             *panel, width, height = values
             try:
@@ -91,28 +99,94 @@ def _previews(ctx: UiContext, kind: str, script, comps: dict, size) -> None:
         button.click(show, [*comps.values(), *size], image, show_progress="minimal")
 
 
+def panel_header(title: str, switches: list, values: list) -> str:
+    """An always-on panel's header: its title, and "on" (naming the groups that are on) when a switch is set."""
+    on = [c.group or c.label for c, value in zip(switches, values) if value]
+    if not on:
+        return title
+    return f"{title} — on" if len(switches) == 1 else f"{title} — on: {', '.join(on)}"
+
+
+def _alwayson_panel(ctx: UiContext, kind: str, script, size) -> dict:
+    """The accordion of one always-on script: its controls (grouped controls in tabs, each group's images beside
+    its previews), a line from the script's ``describe``, and a header that says when the script is on."""
+    controls = script.controls(kind)
+    previews = script.previews(kind) if size else []
+    prefix = _prefix(kind, script)
+    comps: dict = {}
+    slots = []
+    with gr.Accordion(script.title, open=False, elem_id=f"{prefix}_panel", elem_classes="sd-script-panel") as panel:
+        comps.update(controls_ui(ctx, prefix, [c for c in controls if not c.group]))
+        groups = list(dict.fromkeys(c.group for c in controls if c.group))
+        if groups:
+            with gr.Tabs():
+                for group in groups:
+                    with gr.Tab(group, elem_id=f"{prefix}_{slug(group)}"):
+                        members = [c for c in controls if c.group == group]
+                        with gr.Row():
+                            comps.update(controls_ui(ctx, prefix, [c for c in members if c.kind == "image"]))
+                            slots += _preview_slots(ctx, kind, script, [v for v in previews if v.group == group])
+                        others = [c for c in members if c.kind != "image"]
+                        for i in range(0, len(others), 2):  # two to a row: a unit's tab stays short
+                            with gr.Row():
+                                comps.update(controls_ui(ctx, prefix, others[i:i + 2]))
+        comps = {c.name: comps[c.name] for c in controls}  # control order (the positional order of arguments)
+        slots += _preview_slots(ctx, kind, script, [v for v in previews if not v.group])
+        _wire_previews(kind, script, slots, comps, size)
+        if size and type(script).describe is not scripts.Script.describe:
+            _describe_line(ctx, kind, script, controls, comps, size)
+    for c in controls:
+        if c.kind == "image" and c.enables:
+            comps[c.name].upload(lambda: True, None, comps[c.enables], queue=False, show_progress="hidden")
+    switches = [c for c in controls if c.switch]
+    if switches:
+        gr.on([comps[c.name].change for c in switches],
+              lambda *values: gr.update(label=panel_header(script.title, switches, list(values))),
+              [comps[c.name] for c in switches], panel, queue=False, show_progress="hidden")
+    return comps
+
+
+def _describe_line(ctx: UiContext, kind: str, script, controls, comps: dict, size) -> None:
+    """A line under the panel's controls from ``script.describe``, kept current as the values and size change."""
+    watched = [c for c in controls if c.kind != "image"]
+    line = gr.HTML("", elem_id=f"{_prefix(kind, script)}_describe", elem_classes="sd-script-describe")
+
+    def describe(*values):
+        *panel, width, height = values
+        try:
+            args = scripts.named_args(script, kind, dict(zip((c.name for c in watched), panel)))
+            return html.escape(script.describe(kind, args, int(width), int(height)))
+        except (TypeError, ValueError):
+            return ""
+
+    inputs = [*(comps[c.name] for c in watched), *size]
+    gr.on([c.change for c in inputs], describe, inputs, line, queue=False, show_progress="hidden")
+    line.value = describe(*(c.value for c in inputs))
+
+
 def build(ctx: UiContext, kind: str, size=()) -> ScriptUi:
-    """Always-on panels (with their preview buttons, which read the output ``size`` components: width, height),
-    then the Script dropdown whose choice shows that script's controls."""
+    """Always-on panels (with their preview buttons and describe line, which read the output ``size``
+    components: width, height), then the Script dropdown whose choice shows that script's controls."""
     ui = ScriptUi()
     available = [s for s in scripts.scripts_for(ctx.state, kind) if kind in s.kinds]
     for script in (s for s in available if s.alwayson):
-        with gr.Accordion(script.title, open=False, elem_classes="sd-script-panel"):
-            ui.alwayson[script.title] = comps = _controls(ctx, kind, script)
-            if size:
-                _previews(ctx, kind, script, comps, size)
+        ui.alwayson[script.title] = _alwayson_panel(ctx, kind, script, size)
     selectable = [s for s in available if not s.alwayson]
     if not selectable:
         return ui
     ui.dropdown = gr.Dropdown([NO_SCRIPT, *(s.title for s in selectable)], value=NO_SCRIPT, label="Script",
                               elem_id=ctx.tip(f"{kind}_script", "A script that runs the whole job its own way"))
-    groups = []
+    columns = []
     for script in selectable:
-        with gr.Group(visible=False) as group:
-            ui.selectable[script.title] = _controls(ctx, kind, script)
-        groups.append((script.title, group))
-    ui.dropdown.change(lambda choice: [gr.update(visible=title == choice) for title, _ in groups], ui.dropdown,
-                       [g for _, g in groups], queue=False, show_progress="hidden")
+        with gr.Column(visible=False, elem_id=f"{_prefix(kind, script)}_controls") as column:
+            ui.selectable[script.title] = controls_ui(ctx, _prefix(kind, script), script.controls(kind))
+        columns.append((script.title, column))
+
+    def show(choice):  # one output takes one update, not a list of one
+        updates = [gr.update(visible=title == choice) for title, _ in columns]
+        return updates if len(updates) > 1 else updates[0]
+
+    ui.dropdown.change(show, ui.dropdown, [c for _, c in columns], queue=False, show_progress="hidden")
     return ui
 
 

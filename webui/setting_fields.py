@@ -47,6 +47,8 @@ SECTIONS: dict[str, dict[str, str]] = {
     "Live previews": {
         "live_previews_enable": "Show live previews of the image being made",
         "show_progress_every_n_steps": "Live preview every N sampling steps",
+        "show_progress_type": "Live preview display mode (Auto: a VAE decode up to 128×128, a cheap approximation "
+                              "above)",
     },
     "User interface": {
         "quicksettings_list": "Quicksettings list: settings shown in the bar above the tabs (restart to apply)",

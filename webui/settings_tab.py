@@ -10,7 +10,8 @@ from webui import restart
 from webui.context import UiContext
 from webui.script_controls import controls_ui
 from webui.setting_fields import KNOWN, SECTIONS, component, ui_value
-from webui.top_bar import switch_checkpoint, switch_vae
+from webui.notices import user_error
+from webui.top_bar import current_checkpoint, switch_checkpoint, switch_vae
 
 
 def build(ctx: UiContext):
@@ -52,7 +53,9 @@ def build(ctx: UiContext):
 
     def values():
         current = state.settings.current
-        return [ui_value(getattr(current, n)) if n in core else extensions.option(n) for n in names]
+        loaded = {"sd_model_checkpoint": current_checkpoint(state), "sd_vae": state.models.vae_choice}
+        return [(loaded.get(n) or ui_value(getattr(current, n))) if n in core else extensions.option(n)
+                for n in names]
 
     def do_apply(*new):
         before = dict(zip(names, values()))
@@ -116,7 +119,7 @@ def _ui_defaults(ctx: UiContext):
 
     def do_save(*values):
         if config.error:
-            raise gr.Error(config.error)
+            raise user_error(config.error)
         changed = config.apply_changes(values)
         return f"<div>{len(changed)} defaults saved to {html.escape(config.path.name)}.</div>" + _changes_table(changed)
 

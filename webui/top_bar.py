@@ -10,6 +10,7 @@ import gradio as gr
 
 from modules.models.safetensors_file import ModelFileError
 from webui.context import UiContext
+from webui.icons import icon_button
 from webui.setting_fields import KNOWN, component, ui_value
 
 log = logging.getLogger("sdwebui")
@@ -84,9 +85,8 @@ def _quick_setting(ctx: UiContext, name: str):
         checkpoint = gr.Dropdown(checkpoint_choices(state), value=current_checkpoint(state),
                                  label="Stable Diffusion checkpoint", scale=4, elem_id=ctx.tip(
                                      "setting_sd_model_checkpoint", "The model used for every job"))
-        refresh = gr.Button("🔄", scale=0, min_width=40,
-                            elem_id=ctx.tip("refresh_sd_model_checkpoint", "Scan the folders for new checkpoints "
-                                            "and VAEs"))
+        refresh = icon_button("refresh", "Refresh", ctx.tip("refresh_sd_model_checkpoint", "Scan the folders for "
+                                                            "new checkpoints and VAEs"))
         checkpoint.input(lambda choice: switch_checkpoint(ctx, choice), checkpoint, checkpoint)
         return checkpoint, refresh
     if name == "sd_vae":

@@ -11,8 +11,10 @@ import gradio as gr
 from modules.extensions import ui_assets
 from webui import extension_tabs, extensions_tab, pnginfo, settings_tab, top_bar
 from webui.context import UiContext
-from webui.generation_tab import GenerationTab, build_generation_tab, fill_updates
+from webui.generation_tab import GenerationTab, build_generation_tab, fill_updates, is_local
+from webui.icons import icons_css
 from webui.img2img_inputs import INPAINT_MODES
+from webui.notices import user_error
 from webui.restart import Restarter
 from webui.ui_config import FILE_NAME as UI_CONFIG_FILE, UiConfig
 
@@ -36,11 +38,12 @@ def page_assets(state, tooltips: dict[str, str], boot_id: str) -> PageAssets:
     """Stylesheet, the page script (Ctrl+Enter, card clicks, tooltips, remembered prompts) and the theme, plus the
     extensions' own. ``boot_id`` identifies this server process (the page reloads when it changes on restart)."""
     ext_js, ext_css = ui_assets(state)
-    script = (STATIC / "script.js").read_text(encoding="utf-8")
+    scripts = [p.read_text(encoding="utf-8") for p in sorted(STATIC.glob("*.js"))]
     data = json.dumps(tooltips)
-    head = "".join(_inline_script(js) for js in (f'window.sdBootId = "{boot_id}";\nwindow.sdTooltips = {data};\n'
-                                                 f'{script}', ext_js) if js)
-    css = (STATIC / "style.css").read_text(encoding="utf-8") + ("\n" + ext_css if ext_css else "")
+    page_data = (f'window.sdBootId = "{boot_id}";\nwindow.sdTooltips = {data};\n'
+                 f'window.sdTheme = {json.dumps(state.options.server.theme or "")};\n')
+    head = "".join(_inline_script(js) for js in (page_data, *scripts, ext_js) if js)
+    css = "\n".join(c for c in ((STATIC / "style.css").read_text(encoding="utf-8"), icons_css(), ext_css) if c)
     return PageAssets(css, head, gr.themes.Default())
 
 
@@ -66,7 +69,7 @@ def _wire_sending(ctx: UiContext, main_tabs, png) -> None:
             def send(request: gr.Request, source=source, mode=mode):
                 out = ctx.outputs.get(request.session_hash, source.kind)
                 if not out.images:
-                    raise gr.Error("Generate an image first")
+                    raise user_error("Generate an image first")
                 i = min(out.selected, len(out.images) - 1)
                 return _send_image_to_img2img(ctx, img2img, out.images[i], out.infotexts[i], mode)
 
@@ -79,6 +82,29 @@ def _wire_sending(ctx: UiContext, main_tabs, png) -> None:
                      img2img_targets, show_progress="hidden")
 
 
+def _wire_model_sizes(ctx: UiContext, checkpoint) -> None:
+    """Width and height follow the checkpoint's native size when it changes, in each tab whose size fields still
+    hold the previous checkpoint's size and that has no size of its own in ui-config.json."""
+    if checkpoint is None:
+        return
+    tabs = list(ctx.tabs.items())
+    sizes = [c for _, tab in tabs for c in (tab.fields["width"], tab.fields["height"])]
+    last = gr.State(list(ctx.model_size()))
+
+    def follow(_name, previous, *values):
+        if ctx.state.models.current is None:
+            return [previous, *[gr.skip()] * len(values)]
+        new = list(ctx.model_size())
+        updates = []
+        for i, (kind, _) in enumerate(tabs):
+            own = ctx.ui_config.has_value(kind, "Width") or ctx.ui_config.has_value(kind, "Height")
+            follows = not own and list(values[2 * i:2 * i + 2]) == list(previous)
+            updates += [gr.update(value=v) for v in new] if follows and new != previous else [gr.skip()] * 2
+        return [new, *updates]
+
+    checkpoint.change(follow, [checkpoint, last, *sizes], [last, *sizes], show_progress="hidden", queue=False)
+
+
 def build_ui(state, startup_job=None, restarter: Restarter | None = None) -> tuple[gr.Blocks, PageAssets]:
     """The whole UI over ``state``; ``startup_job`` is the model load in progress (the page says so until done);
     ``restarter`` lets the UI restart the server. Field defaults come from ui-config.json in the data folder."""
@@ -87,7 +113,7 @@ def build_ui(state, startup_job=None, restarter: Restarter | None = None) -> tup
     # Events run concurrently unless they say otherwise (jobs are ordered by our own queue). Read when the Blocks'
     # queue is made; set here instead of calling demo.queue(), which would rebuild Gradio's app once more (~1 s).
     os.environ.setdefault("GRADIO_DEFAULT_CONCURRENCY_LIMIT", "None")
-    with gr.Blocks(title="Stable Diffusion", analytics_enabled=False) as demo:
+    with gr.Blocks(title="Stable Diffusion", analytics_enabled=False, fill_width=True) as demo:
         bar = top_bar.build(ctx)
         with gr.Tabs(elem_id="tabs") as main_tabs:
             for kind in ("txt2img", "img2img"):
@@ -104,6 +130,7 @@ def build_ui(state, startup_job=None, restarter: Restarter | None = None) -> tup
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
                 extensions_tab.build(ctx)
         _wire_sending(ctx, main_tabs, png)
+        _wire_model_sizes(ctx, bar.checkpoint)
         timer = gr.Timer(STATUS_POLL_SECONDS, active=not ctx.model_ready)
 
         def tick():
@@ -112,9 +139,13 @@ def build_ui(state, startup_job=None, restarter: Restarter | None = None) -> tup
 
         timer.tick(tick, None, [bar.status, *([bar.checkpoint] if bar.checkpoint else []), timer],
                    show_progress="hidden", queue=False)
-        demo.load(lambda: [*settings_values(), top_bar.status_html(ctx), *bar.values(ctx),
-                           gr.Timer(active=not ctx.model_ready)],
-                  None, [*settings_components, bar.status, *bar.settings.values(), timer],
+        folders = [t.folder_button for t in ctx.tabs.values()]
+
+        def on_load(request: gr.Request):
+            return [*settings_values(), top_bar.status_html(ctx), *bar.values(ctx),
+                    gr.Timer(active=not ctx.model_ready), *[gr.update(visible=is_local(request))] * len(folders)]
+
+        demo.load(on_load, None, [*settings_components, bar.status, *bar.settings.values(), timer, *folders],
                   show_progress="hidden", queue=False)
         ctx.ui_config.write_missing()
     return demo, page_assets(state, ctx.tooltips, ctx.restarter.boot_id)

@@ -2,7 +2,8 @@
 
 Each labelled input of a tab has the keys ``<tab>/<label>/value`` and ``…/visible``; sliders also ``…/minimum``,
 ``…/maximum`` and ``…/step``. At start the stored keys are applied to the fields and the missing ones are written
-with the built-in defaults. A broken file is reported and left as it is (the built-in defaults are used).
+with the built-in defaults, except the width and height values, which follow the checkpoint's native size until the
+user saves sizes of their own. A broken file is reported and left as it is (the built-in defaults are used).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ log = logging.getLogger("sdwebui")
 FILE_NAME = "ui-config.json"
 INPUT_TYPES = (gr.Textbox, gr.Number, gr.Slider, gr.Checkbox, gr.Dropdown, gr.Radio, gr.CheckboxGroup)
 SLIDER_ATTRS = ("minimum", "maximum", "step")
+MODEL_SIZED = ("Width", "Height")  # their value follows the checkpoint unless the user saved one
 
 
 def _labelled_inputs(block):
@@ -103,11 +105,17 @@ class UiConfig:
             for attr in _attrs(component):
                 path = f"{key}/{attr}"
                 if path not in self.saved:
+                    if attr == "value" and component.label in MODEL_SIZED:
+                        continue
                     value = getattr(component, attr)
                     text = isinstance(component, gr.Textbox) and attr == "value"
                     self.saved[path] = "" if text and value is None else _plain(value)
                 elif not _apply(component, attr, self.saved[path]):
                     log.warning("%s: %r is not a valid %s for %s; ignored", FILE_NAME, self.saved[path], attr, key)
+
+    def has_value(self, tab: str, label: str) -> bool:
+        """Whether the file holds a default value of its own for the field ``label`` of ``tab``."""
+        return f"{tab}/{label}/value" in self.saved
 
     @property
     def components(self) -> list:

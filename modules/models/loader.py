@@ -56,6 +56,11 @@ class SDModel:
     def family(self) -> Family:
         return self.spec.family
 
+    @property
+    def native_size(self) -> tuple[int, int]:
+        """The (width, height) the model was trained at."""
+        return native_resolution(self.spec, self.metadata)
+
 
 def _target_dtype(v, dtype):
     return dtype if dtype is not None and v.is_floating_point() else v.dtype
@@ -100,12 +105,37 @@ def _ema_keys(sd: dict) -> dict:
     return out
 
 
-def _sample_size(spec: ModelSpec, metadata: dict[str, str]) -> int:
-    """Native latent size: ModelSpec's ``modelspec.resolution`` ("512x512") when declared, else the family's."""
+def native_resolution(spec: ModelSpec, metadata: dict[str, str]) -> tuple[int, int]:
+    """The (width, height) a checkpoint was trained at: ModelSpec's ``modelspec.resolution`` ("512x512") when
+    declared, else the family's (SD1 512, SD2 512 or 768 with v-prediction, SDXL 1024)."""
     try:
-        return int(metadata["modelspec.resolution"].lower().split("x")[0]) // 8
+        width, height = (int(v) for v in metadata["modelspec.resolution"].lower().split("x"))
+        return width, height
     except (KeyError, ValueError):
-        return SAMPLE_SIZE[spec.family] if not (spec.family is Family.SD2 and spec.prediction == "v") else 96
+        side = 8 * (96 if spec.family is Family.SD2 and spec.prediction == "v" else SAMPLE_SIZE[spec.family])
+        return side, side
+
+
+def file_resolution(path: Path, allow_pickle: bool = False) -> tuple[int, int] | None:
+    """:func:`native_resolution` of a checkpoint from its header (single file) or UNet config (diffusers folder),
+    without reading weights; None when it cannot be told."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            side = json.loads((path / "unet" / "config.json").read_text(encoding="utf-8"))["sample_size"] * 8
+            return side, side
+        shapes, metadata = read_shapes(path, allow_pickle)
+        spec = detect(shapes, metadata)
+        if _sidecar_prediction(path) == "v":
+            spec = replace(spec, prediction="v")
+        return native_resolution(spec, metadata)
+    except (OSError, ValueError, KeyError, TypeError):  # ModelFileError, UnknownLayoutError are ValueErrors
+        return None
+
+
+def _sample_size(spec: ModelSpec, metadata: dict[str, str]) -> int:
+    """Native latent size (of the width)."""
+    return native_resolution(spec, metadata)[0] // 8
 
 
 def _sidecar_prediction(path: Path) -> str | None:

@@ -5,6 +5,9 @@ and gradient pictures go through the VAE (encode, then decode), and least square
 with the mean colour of the 8x8 block the VAE itself decodes it to. Fitting against the decoder rather than the
 input picture makes the preview show what the final decode will show (colour casts included), and works for
 any VAE, trained or not. A preview is then one small matrix product per step.
+
+That approximation has one colour per latent cell, so at small sizes (8×8 cells for a 64×64 image) it is a mosaic:
+there the live preview is a real VAE decode of the sampler's estimate instead (:func:`full_decode`).
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from modules.processing.image_ops import tensor_to_pils
 
 if TYPE_CHECKING:
     import torch
+
+AUTO_FULL_MAX_CELLS = 16 * 16  # "Auto" decodes with the VAE up to this many latent cells (128×128 for SD)
 
 FIT_COLOURS = (  # RGB in 0..1 for the flat pictures
     (0.0, 0.0, 0.0), (1.0, 1.0, 1.0), (1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.0, 0.0, 1.0),
@@ -81,3 +86,13 @@ class LatentPreviewer:
         images = tensor_to_pils(self.to_rgb(latents))
         return [im.resize((im.width * self.factor, im.height * self.factor), Image.Resampling.NEAREST)
                 for im in images]
+
+
+def full_decode(mode: str, latents: torch.Tensor, offloading: bool) -> bool:
+    """Whether the live preview of scaled latents [B, C, h, w] is a VAE decode, for the setting
+    ``show_progress_type`` = ``mode``: always for "Full", never for "Approx cheap"; otherwise ("Auto", and A1111's
+    "Approx NN" and "TAESD", whose networks are not shipped) up to :data:`AUTO_FULL_MAX_CELLS` and not while the
+    model is offloaded (each decode would swap the VAE and the UNet on the device)."""
+    if mode in ("Full", "Approx cheap"):
+        return mode == "Full"
+    return not offloading and latents.shape[-2] * latents.shape[-1] <= AUTO_FULL_MAX_CELLS

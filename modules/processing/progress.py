@@ -18,11 +18,14 @@ class JobProgress:
     step: int = 0
     started: float | None = None
     textinfo: str = ""
-    preview: object = None  # PIL image of the current latents (approximation)
+    preview: object = None  # PIL image of the sampler's current estimate, at the output's size
     preview_step: int = -1
     images: list = field(default_factory=list)  # finished images, in order
     control: SamplingControl = field(default_factory=SamplingControl)
     error: str | None = None
+    batches: int = 1  # the job's batch count (n_iter)
+    parent: JobProgress | None = field(default=None, repr=False)  # a nested job's: its steps count there too
+    parent_text: str = ""  # a nested job's line in the parent's textinfo; "{step}" becomes its step number
 
     @property
     def fraction(self) -> float:
@@ -34,6 +37,43 @@ class JobProgress:
             return None
         elapsed = time.perf_counter() - self.started
         return elapsed / self.step * (self.total_steps - self.step)
+
+    def begin(self, batch_steps: int, batches: int) -> None:
+        """Start counting a job of ``batches`` batches of ``batch_steps`` sampling steps each."""
+        self.total_steps, self.batches, self.step = batch_steps * batches, batches, 0
+        self.state, self.started = "running", time.perf_counter()
+
+    def add_batch_steps(self, steps: int) -> None:
+        """Count ``steps`` more in each batch (a second pass, e.g. hires fix's); from a ``JOB_START`` hook."""
+        self.total_steps += steps * self.batches
+
+    def start_batch(self, index: int) -> None:
+        """Batch ``index`` starts: the steps of the batches before it count as done (a skipped one's too)."""
+        self.step = max(self.step, self.total_steps * index // self.batches)
+
+    def advance(self, text: str) -> None:
+        """One sampling step is done; ``text`` tells which. A nested job's step also counts in its parent."""
+        self.step += 1
+        self.textinfo = text
+        if self.parent is not None:
+            self.parent.advance(self.parent_text.format(step=self.step))
+
+    def nested(self, text: str) -> JobProgress:
+        """The progress of a job run inside this one (a second pass): it shares the stop flags, and each of its
+        steps also counts here, shown as ``text`` ("{step}" becomes the nested job's step number)."""
+        return JobProgress(control=self.control, parent=self, parent_text=text)
+
+    def finish(self) -> None:
+        """The job is over; unless interrupted, all its steps count as done (a skipped batch's rest too)."""
+        if not self.control.interrupted:
+            self.step = max(self.step, self.total_steps)
+        self.state = "done"
+
+    def show_preview(self, image) -> None:
+        """``image`` is the live preview from the step just done; a nested job's shows in its parent too."""
+        self.preview, self.preview_step = image, self.step
+        if self.parent is not None:
+            self.parent.show_preview(image)
 
     def interrupt(self) -> None:
         """Stop the job within one sampling step; images already made are kept."""

@@ -27,6 +27,7 @@ from ..text_encoding import PromptEncoder
 from . import image_ops, outputs
 from .conditioning import build_conds
 from .denoiser import CFGDenoiser, InpaintBlend, UncondSkip
+from .latent_preview import full_decode
 from .params import GenerationParams, Img2ImgParams, ParamError
 from .progress import JobProgress
 
@@ -104,14 +105,13 @@ def run_job(state, params: GenerationParams, progress: JobProgress | None = None
         prediction_type="v_prediction" if model.spec.prediction == "v" else "epsilon",
         family=FAMILY_SCHEDULE[model.family]))
     job = _Job(params, settings, model, choice, schedule, encoder, hooks, progress, result, extra_fields)
+    steps_per_batch = _steps_per_batch(params, choice, settings)
+    progress.begin(steps_per_batch, params.n_iter)  # before JOB_START: its hooks may add a pass's steps
     hooks.run(HookPoint.JOB_START, JobStart(params, settings, model))
 
-    steps_per_batch = _steps_per_batch(params, choice, settings)
-    progress.total_steps = steps_per_batch * params.n_iter
-    progress.state, progress.started = "running", time.perf_counter()
     from tqdm import tqdm
 
-    bar = tqdm(total=progress.total_steps, desc=params.kind, leave=False)
+    bar = tqdm(total=steps_per_batch * params.n_iter, desc=params.kind, leave=False)
     try:
         with torch.inference_mode():
             for it in range(params.n_iter):
@@ -119,6 +119,7 @@ def run_job(state, params: GenerationParams, progress: JobProgress | None = None
                     result.interrupted = True
                     break
                 progress.control.skipped = False
+                progress.start_batch(it)
                 lo = it * params.batch_size
                 _run_batch(state, job, it, lo, lo + params.batch_size, bar)
     finally:
@@ -132,7 +133,7 @@ def run_job(state, params: GenerationParams, progress: JobProgress | None = None
                                           infotext=result.infotexts[0])
     result.info = _info(job, clip_skip)
     hooks.run(HookPoint.JOB_END, JobEnd(params, result))
-    progress.state = "done"
+    progress.finish()
     return result
 
 
@@ -218,13 +219,12 @@ def _run_batch(state, job: _Job, iteration: int, lo: int, hi: int, bar) -> None:
 
     def callback(info) -> None:
         denoiser.on_step(info)
-        progress.step += 1
-        progress.textinfo = f"Batch {iteration + 1}/{p.n_iter}, step {info.step + 1}/{info.total or '?'}"
+        progress.advance(f"Batch {iteration + 1}/{p.n_iter}, step {info.step + 1}/{info.total or '?'}")
         bar.update(1)
         if job.settings.live_previews_enable and (info.step + 1) % every == 0:
-            previewer = state.models.latent_previewer()
-            if previewer is not None:
-                progress.preview, progress.preview_step = previewer.preview(info.denoised[:1])[0], progress.step
+            preview = _preview(state, job.settings.show_progress_type, info.denoised[:1])
+            if preview is not None:
+                progress.show_preview(preview)
 
     eta = _eta(job)
     samples = job.choice.sampler.sample(denoiser, before.latents, before.sigmas, callback=callback, noise_sampler=noise,
@@ -238,6 +238,16 @@ def _run_batch(state, job: _Job, iteration: int, lo: int, hi: int, bar) -> None:
     job.hooks.run(HookPoint.AFTER_DECODE, decoded)
     for k, image in enumerate(decoded.images):
         _finish_image(state, job, lo + k, image)
+
+
+def _preview(state, mode: str, latents: torch.Tensor):
+    """The live preview of the sampler's estimate (scaled latents [1, 4, h, w]) at the output's size: the VAE's
+    decode or the cheap approximation, as ``mode`` (``show_progress_type``) decides; None without a VAE."""
+    models = state.models
+    if full_decode(mode, latents, models.plan.offload != "none"):
+        return image_ops.tensor_to_pils(models.decode(latents))[0]
+    previewer = models.latent_previewer()
+    return previewer.preview(latents)[0] if previewer is not None else None
 
 
 def _txt2img_image_cond(state, model, batch: int, h8: int, w8: int):

@@ -36,6 +36,17 @@
     }
   });
 
+  // Sizes are rendered as multiples of 8 (rounded down): a typed width or height shows what will be rendered.
+  const SIZE_FIELDS = ["txt2img_width", "txt2img_height", "img2img_width", "img2img_height"];
+  document.addEventListener("change", function (e) {
+    const field = e.target.closest && e.target.closest("#" + SIZE_FIELDS.join(", #"));
+    if (!field || e.target.type !== "number") return;
+    const value = Number(e.target.value);
+    if (!Number.isFinite(value) || value % 8 === 0) return;
+    e.target.value = String(Math.max(Number(e.target.min) || 8, value - value % 8));
+    e.target.dispatchEvent(new Event("input", { bubbles: true }));
+  }, true);
+
   function applyTooltips() {
     const tips = window.sdTooltips || {};
     Object.keys(tips).forEach(function (id) {

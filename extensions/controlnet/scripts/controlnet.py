@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import functools
 import io
+from dataclasses import replace
 
 from modules.controlnet import apply
 from modules.controlnet import units as cn_units
@@ -51,11 +52,12 @@ class ControlNetScript(Script):
     def controls(self, kind: str) -> list[Control]:
         self.catalog.refresh()  # a model added since the last request is offered at once
         models = (NO_MODEL, *self.catalog.titles())
-        out = [Control(f"unit{i}_image", "image", f"Unit {i}: control image", None,
-                       tooltip="Empty in img2img: the init image is used") for i in range(UNIT_COUNT)]
+        out = [Control(f"unit{i}_image", "image", f"Unit {i}: control image", None, group=f"Unit {i}",
+                       enables=f"unit{i}_enabled", tooltip="Empty in img2img: the init image is used")
+               for i in range(UNIT_COUNT)]
         for i in range(UNIT_COUNT):
-            out += [
-                Control(f"unit{i}_enabled", "checkbox", f"Unit {i}: enable", False),
+            out += [replace(c, group=f"Unit {i}") for c in (
+                Control(f"unit{i}_enabled", "checkbox", f"Unit {i}: enable", False, switch=True),
                 Control(f"unit{i}_module", "dropdown", f"Unit {i}: preprocessor", "none", choices=tuple(PREPROCESSORS)),
                 Control(f"unit{i}_model", "dropdown", f"Unit {i}: model", NO_MODEL, choices=models),
                 Control(f"unit{i}_weight", "slider", f"Unit {i}: control weight", 1.0, minimum=0, maximum=2, step=0.05),
@@ -77,7 +79,7 @@ class ControlNetScript(Script):
                         tooltip="-1: the preprocessor's default (canny high 200)"),
                 Control(f"unit{i}_hr_option", "radio", f"Unit {i}: hires fix passes", cn_units.HR_OPTIONS[0],
                         choices=cn_units.HR_OPTIONS, tooltip="Which passes of a hires fix job this unit conditions"),
-            ]
+            )]
         return out
 
     def units(self, args: dict) -> list[tuple[int, cn_units.ControlUnit]]:
@@ -156,7 +158,7 @@ class ControlNetScript(Script):
 
     def previews(self, kind: str) -> list[Preview]:
         return [Preview(f"unit{i}_preview", f"Unit {i}: preview the preprocessed map",
-                        functools.partial(self.preview, i)) for i in range(UNIT_COUNT)]
+                        functools.partial(self.preview, i), group=f"Unit {i}") for i in range(UNIT_COUNT)]
 
     def values_from_infotext(self, fields: dict) -> dict:
         """The units an infotext records (``ControlNet N: "Module: …, Model: …, …"``), enabled; a model that is

@@ -7,19 +7,20 @@ pixels (Lanczos, Nearest) as img2img. The second pass's images replace the first
 and describes them ("Hires upscale", "Hires steps", "Hires upscaler", "Denoising strength", … in the infotext;
 "Size" stays the first pass's size, as in A1111). The job's per-request UNet hooks of other scripts (``BEFORE_UNET``,
 ``UNET_CALL``, ``AFTER_UNET``: e.g. ControlNet units) run in the second pass too; their calls carry the second
-pass's params, which tells them apart.
+pass's params, which tells them apart. The second pass's steps count in the job's progress ("Hires pass k/n").
 """
 from __future__ import annotations
 
 import dataclasses
 
+import torch
 from PIL import Image
 
 from modules.hooks import HookPoint
 from modules.processing.image_ops import LATENT_UPSCALE_MODES, latent_upscale
 from modules.processing.params import Img2ImgParams, Txt2ImgParams
-from modules.processing.progress import JobProgress
 from modules.sampling.registry import SAMPLERS, SCHEDULES, resolve
+from modules.sampling.schedules import img2img_sigmas
 from modules.scripts import Control, Script, XyzAxis
 
 TITLE = "Hires fix"
@@ -57,6 +58,14 @@ def _crop_centre(latents, h: int, w: int):
     return latents[..., top:top + h, left:left + w]
 
 
+def second_pass_steps(steps: int, args: dict, settings) -> int:
+    """The sampling steps one image's second pass of ``steps`` steps runs: the tail of its schedule that the
+    denoising strength keeps, as img2img slices it (all of them for a pixel upscaler with "img2img_fix_steps")."""
+    if args["hr_upscaler"] not in LATENT_UPSCALE_MODES and settings.img2img_fix_steps:
+        return steps
+    return len(img2img_sigmas(torch.zeros(steps + 1), args["denoising_strength"])) - 1
+
+
 def hires_args_from_request(enable_hr: bool = False, hr_scale: float = 2.0, hr_upscaler: str | None = None,
                             hr_second_pass_steps: int = 0, hr_resize_x: int = 0, hr_resize_y: int = 0,
                             denoising_strength: float | None = None, hr_sampler_name: str | None = None,
@@ -88,6 +97,8 @@ class _Pass:
     width: int = 0
     height: int = 0
     cover: tuple[int, int] = (0, 0)
+    steps: int = 0  # the sampling steps of one image's second pass
+    images: int = 0  # images given a second pass so far
     last_denoised: object = None
 
 
@@ -95,11 +106,14 @@ class HiresFix(Script):
     title = TITLE
     alwayson = True
     kinds = ("txt2img",)
-    args_from_request = staticmethod(hires_args_from_request)
+
+    def __init__(self, state):
+        self.checkpoints = state.checkpoints
 
     def controls(self, kind: str) -> list[Control]:
+        self.checkpoints.refresh()  # a checkpoint added since the last request is offered at once
         return [
-            Control("enable", "checkbox", "Hires. fix", False),
+            Control("enable", "checkbox", "Hires. fix", False, switch=True),
             Control("hr_upscaler", "dropdown", "Upscaler", "Latent", choices=UPSCALERS),
             Control("hr_second_pass_steps", "slider", "Hires steps", 0, minimum=0, maximum=150, step=1,
                     tooltip="0: the same number of steps as the first pass"),
@@ -108,7 +122,8 @@ class HiresFix(Script):
             Control("hr_scale", "slider", "Upscale by", 2.0, minimum=1, maximum=4, step=0.05),
             Control("hr_resize_x", "slider", "Resize width to", 0, minimum=0, maximum=2048, step=8),
             Control("hr_resize_y", "slider", "Resize height to", 0, minimum=0, maximum=2048, step=8),
-            Control("hr_checkpoint_name", "text", "Hires checkpoint", SAME_CHECKPOINT),
+            Control("hr_checkpoint_name", "dropdown", "Hires checkpoint", SAME_CHECKPOINT,
+                    choices=(SAME_CHECKPOINT, *(i.filename for i in self.checkpoints.items()))),
             Control("hr_sampler_name", "dropdown", "Hires sampling method", SAME_SAMPLER,
                     choices=(SAME_SAMPLER, *(s.name for s in SAMPLERS))),
             Control("hr_scheduler", "dropdown", "Hires schedule type", SAME_SCHEDULER,
@@ -117,11 +132,29 @@ class HiresFix(Script):
             Control("hr_negative_prompt", "text", "Hires negative prompt", ""),
         ]
 
+    def args_from_request(self, *fields, **named) -> dict | None:
+        """:func:`hires_args_from_request`, with the checkpoint named as the dropdown lists it (A1111 clients may
+        send its title, model name or hash)."""
+        args = hires_args_from_request(*fields, **named)
+        if args is not None:
+            args["hr_checkpoint_name"] = self._checkpoint_choice(args["hr_checkpoint_name"])
+        return args
+
+    def _checkpoint_choice(self, name: str) -> str:
+        """The dropdown's entry for a checkpoint found by any of its names; ``name`` itself when none is found."""
+        info = self.checkpoints.find(name)
+        return info.filename if info is not None else name
+
+    def describe(self, kind: str, args: dict, width: int, height: int) -> str:
+        w, h, *_ = target_size(width, height, float(args["hr_scale"]), int(args["hr_resize_x"]),
+                               int(args["hr_resize_y"]))
+        return f"Hires fix: from {width}×{height} to {w}×{h}"
+
     def setup(self, state, params, args: dict, hooks) -> None:
         if not args["enable"]:
             return
         checkpoint = args["hr_checkpoint_name"]
-        if checkpoint not in ("", SAME_CHECKPOINT) and state.models.catalog.find(checkpoint) is None:
+        if checkpoint != SAME_CHECKPOINT and state.models.catalog.find(checkpoint) is None:
             raise ValueError(f"{TITLE}: hires checkpoint {checkpoint!r} not found")
         if args["hr_sampler_name"] != SAME_SAMPLER or args["hr_scheduler"] != SAME_SCHEDULER:
             resolve(self._sampler(params, args), self._scheduler(params, args))
@@ -134,6 +167,9 @@ class HiresFix(Script):
             job.width, job.height, *cover = target_size(p.width, p.height, args["hr_scale"], args["hr_resize_x"],
                                                         args["hr_resize_y"])
             job.cover = tuple(cover)
+            job.steps = second_pass_steps(args["hr_second_pass_steps"] or p.steps, args, event.settings)
+            if progress is not None:
+                progress.add_batch_steps(job.steps * p.batch_size)
 
         def remember(event) -> None:
             job.last_denoised = event.denoised
@@ -160,7 +196,7 @@ class HiresFix(Script):
     def _second_params(self, params, args, cls, **extra):
         """The second pass's request: the first's, at the target size, with the hires choices."""
         overrides = dict(params.override_settings)
-        if args["hr_checkpoint_name"] not in ("", SAME_CHECKPOINT):
+        if args["hr_checkpoint_name"] != SAME_CHECKPOINT:
             overrides["sd_model_checkpoint"] = args["hr_checkpoint_name"]
         return cls(
             prompt=args["hr_prompt"] or params.prompt,
@@ -173,10 +209,10 @@ class HiresFix(Script):
 
     def _upscale_one(self, state, params, job: _Pass, event, i: int, progress):
         from modules.processing.runner import run_job
-        from modules.sampling.schedules import img2img_sigmas
 
         args, seed = job.args, event.seeds[i]
-        child = JobProgress(control=progress.control) if progress is not None else None
+        job.images += 1
+        child = progress.nested(self._pass_text(job, params)) if progress is not None else None
         before_model = state.models.current_info
         hooks = type(state.hooks)()
         for hook in job.request_hooks.hooks:  # the job's own UNet hooks (e.g. ControlNet units) act here too
@@ -209,6 +245,13 @@ class HiresFix(Script):
                 state.models.load(before_model)
         return result.images[0] if result.images else event.images[i]
 
+    @staticmethod
+    def _pass_text(job: _Pass, params) -> str:
+        """The job's progress text during an image's second pass: "Hires pass {step}/n", and which image."""
+        count = params.batch_size * params.n_iter
+        text = f"Hires pass {{step}}/{job.steps}"
+        return f"{text}, image {job.images}/{count}" if count > 1 else text
+
     def values_from_infotext(self, fields: dict) -> dict:
         """Enabled, with the infotext's hires settings, when it has "Hires upscale" or "Hires resize" (else
         disabled, as A1111 pastes it)."""
@@ -223,6 +266,8 @@ class HiresFix(Script):
                           ("Hires negative prompt", "hr_negative_prompt")):
             if key in fields:
                 out[name] = fields[key]
+        if "hr_checkpoint_name" in out:
+            out["hr_checkpoint_name"] = self._checkpoint_choice(str(out["hr_checkpoint_name"]))
         return out
 
     @staticmethod
@@ -235,7 +280,7 @@ class HiresFix(Script):
             "Hires resize": f"{args['hr_resize_x']}x{args['hr_resize_y']}" if resized else None,
             "Hires steps": args["hr_second_pass_steps"] or None,
             "Hires upscaler": args["hr_upscaler"],
-            "Hires checkpoint": None if checkpoint in ("", SAME_CHECKPOINT) else checkpoint,
+            "Hires checkpoint": None if checkpoint == SAME_CHECKPOINT else checkpoint,
             "Hires sampler": args["hr_sampler_name"] if args["hr_sampler_name"] != SAME_SAMPLER else None,
             "Hires schedule type": args["hr_scheduler"] if args["hr_scheduler"] != SAME_SCHEDULER else None,
             "Hires prompt": args["hr_prompt"] or None,
@@ -262,7 +307,9 @@ def _upscaler(text: str) -> str:
 
 
 def register(api) -> None:
-    """X/Y/Z plot axes for the hires settings (the plot lists what extensions contribute)."""
+    """The script (its checkpoint dropdown lists the app's checkpoints) and X/Y/Z plot axes for the hires settings
+    (the plot lists what extensions contribute)."""
+    api.add_script(HiresFix(api.state))
     api.contribute("xyz_axis", XyzAxis("Hires steps", int, _set_hires_arg("hr_second_pass_steps"), ("txt2img",),
                                        numeric=True))
     api.contribute("xyz_axis", XyzAxis("Hires upscaler", _upscaler, _set_hires_arg("hr_upscaler"), ("txt2img",),

@@ -1,0 +1,117 @@
+"""A new user's first minutes, in a real browser at 1440×900, on a fresh data folder with the bundled demo model
+loaded (two tiny SD1 checkpoints beside it, for switching): the page's defaults, the layout and the icons."""
+from __future__ import annotations
+
+import io
+import itertools
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.test_webui_browser import browser, chromium_path, gallery_image, generate, set_number, watched_page  # noqa: F401
+from tests.webui_server import REPO, running_server
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+DEMO = REPO / "models" / "Stable-diffusion" / "demo-shapes.safetensors"
+SCREEN = {"width": 1440, "height": 900}
+ICON_BUTTONS = ("refresh_sd_model_checkpoint", "txt2img_read_params", "txt2img_clear_prompt", "txt2img_style_apply",
+                "txt2img_style_save", "txt2img_random_seed", "txt2img_reuse_seed", "txt2img_swap", "txt2img_save",
+                "txt2img_zip", "txt2img_open_folder")
+EMOJI = re.compile("[\U0001F300-\U0001FAFF\u2600-\u27BF\uFE0F]")
+
+
+@pytest.fixture(scope="module")
+def demo_server(tmp_path_factory):
+    with running_server(tmp_path_factory.mktemp("first-use"), ("--ckpt", str(DEMO))) as s:
+        yield s
+
+
+@pytest.fixture
+def page(browser, demo_server):  # noqa: F811 - the browser fixture imported above
+    with watched_page(browser, demo_server.url, SCREEN) as pg:
+        yield pg
+
+
+def box(page, selector: str) -> dict:
+    return page.locator(selector).first.bounding_box()
+
+
+def test_first_generate_with_the_page_defaults_draws_the_prompt_in_view(page):
+    from modules.training.judge import judge
+
+    assert page.input_value("#txt2img_width input[type=number]") == "64"  # the model's own size, not 512
+    assert page.input_value("#txt2img_height input[type=number]") == "64"
+    page.fill("#txt2img_prompt textarea", "a large red circle on a blue background")
+    page.fill("#txt2img_seed input", "3")  # the one other field touched: the judged image is reproducible
+    info = generate(page)
+    assert "Size: 64x64" in info and "Model: demo-shapes" in info and "Steps: 20" in info, info
+    judged = judge(np.asarray(gallery_image(page)))
+    assert (judged.shape, judged.color, judged.background) == ("circle", "red", "blue"), judged
+    page.evaluate("() => window.scrollTo(0, 0)")
+    shown = box(page, "#txt2img_gallery img")
+    assert shown["y"] >= 0 and shown["y"] + shown["height"] <= SCREEN["height"], shown  # in view without scrolling
+    gallery = box(page, "#txt2img_gallery")
+    assert shown["x"] >= gallery["x"] and shown["x"] + shown["width"] <= gallery["x"] + gallery["width"] + 1
+    assert shown["y"] >= gallery["y"] and shown["y"] + shown["height"] <= gallery["y"] + gallery["height"] + 1
+    assert abs(shown["width"] - shown["height"]) <= 2 and shown["height"] >= 200  # whole, square, large
+    assert box(page, "#txt2img_results")["x"] > box(page, "#txt2img_settings")["x"]  # controls left, results right
+    page.screenshot(path=str(REPO / "test-artifacts" / "first-use.png"))
+
+
+def test_live_preview_takes_the_gallerys_place_at_its_size(page):
+    page.fill("#txt2img_prompt textarea", "a large green square on a white background")
+    set_number(page, "txt2img_steps", 60)
+    page.click("#txt2img_generate")
+    page.wait_for_selector("#txt2img_preview img", state="visible")
+    preview = box(page, "#txt2img_preview")
+    assert not page.locator("#txt2img_gallery").is_visible()
+    page.wait_for_selector("#txt2img_info .sd-infotext")
+    gallery = box(page, "#txt2img_gallery")
+    assert not page.locator("#txt2img_preview").is_visible()
+    assert abs(preview["height"] - gallery["height"]) <= 2 and abs(preview["y"] - gallery["y"]) <= 40
+
+
+def test_switching_checkpoints_moves_untouched_sizes_only(page):
+    def choose_checkpoint(name: str) -> None:
+        page.click("#setting_sd_model_checkpoint input")
+        page.get_by_role("option", name=name, exact=True).click()
+
+    def size(kind: str) -> tuple[str, str]:
+        return (page.input_value(f"#{kind}_width input[type=number]"),
+                page.input_value(f"#{kind}_height input[type=number]"))
+
+    choose_checkpoint("tiny-alpha.safetensors")  # an SD1 checkpoint without resolution metadata: 512
+    page.wait_for_function("() => document.querySelector('#txt2img_width input[type=number]').value === '512'")
+    assert size("txt2img") == size("img2img") == ("512", "512")
+    set_number(page, "txt2img_width", 128)  # the user's own choice in txt2img
+    choose_checkpoint("demo-shapes.safetensors")
+    page.wait_for_function("() => document.querySelector('#img2img_width input[type=number]').value === '64'")
+    assert size("img2img") == ("64", "64") and size("txt2img") == ("128", "512")
+
+
+def test_typed_size_snaps_to_what_is_rendered(page):
+    set_number(page, "txt2img_width", 100)
+    page.wait_for_function("() => document.querySelector('#txt2img_width input[type=number]').value === '96'")
+    page.fill("#txt2img_prompt textarea", "a blue triangle")
+    assert "Size: 96x64" in generate(page)
+
+
+def test_icons_are_drawn_without_an_emoji_font(page):
+    texts = page.eval_on_selector_all("button", "bs => bs.map(b => b.innerText)")
+    assert not [t for t in texts if EMOJI.search(t)]  # this machine has no emoji font: none may be needed
+    shots = {}
+    for elem_id in ICON_BUTTONS:
+        button = page.locator(f"#{elem_id}")
+        button.scroll_into_view_if_needed()
+        icon = re.search(r"sd-icon-(?!text)(\w+)", button.get_attribute("class")).group(1)
+        pixels = np.asarray(Image.open(io.BytesIO(button.screenshot())).convert("L"), np.int16)
+        ink = pixels < pixels.max() - 80  # the icon's strokes against the button's face
+        assert 15 < ink.sum() < 0.5 * ink.size, (elem_id, ink.sum())
+        shots.setdefault(icon, ink[:, :40])  # the icon's square (text buttons show their label after it)
+    assert len(shots) >= 10
+    for (a, ia), (b, ib) in itertools.combinations(shots.items(), 2):
+        if ia.shape == ib.shape:
+            assert (ia != ib).sum() > 10, f"the {a} and {b} icons look the same (a missing-glyph box?)"
