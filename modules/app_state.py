@@ -67,6 +67,5 @@ def startup_checkpoint(state: AppState) -> CheckpointInfo | None:
     """The checkpoint loaded at start: the one chosen last time (the ``sd_model_checkpoint`` setting) unless
     ``--ckpt`` names one, else :func:`default_checkpoint`."""
     wanted = state.settings.current.sd_model_checkpoint
-    if wanted and not state.options.ckpt and state.checkpoints.find(wanted) is not None:
-        return state.checkpoints.find(wanted)
-    return default_checkpoint(state)
+    chosen = state.checkpoints.find(wanted) if wanted and not state.options.ckpt else None
+    return chosen or default_checkpoint(state)

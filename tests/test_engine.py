@@ -160,7 +160,8 @@ def test_interrupt_keeps_images_and_skip_moves_on(state):
     hooks = HookRegistry()
     hooks.register(HookPoint.AFTER_CFG, lambda c: progress.skip() if progress.step == 1 else None, "t")
     r = run_job(state, Txt2ImgParams(steps=4, width=64, height=64, n_iter=2, do_not_save_samples=True), progress, hooks)
-    assert not r.interrupted and len(r.images) == 2 and progress.step == progress.total_steps == 8  # first batch cut (its rest counts as done), second complete
+    # first batch cut (its rest counts as done), second complete
+    assert not r.interrupted and len(r.images) == 2 and progress.step == progress.total_steps == 8
 
 
 @pytest.mark.parametrize("full_res", [False, True])

@@ -110,11 +110,13 @@ def open_panel(page, elem_id: str) -> None:
 def record_progress(page, kind: str = "txt2img") -> None:
     """Keep every (text, percent) the progress bar of ``kind`` shows in ``window.sdSeenProgress``."""
     page.evaluate("""(kind) => {
-        window.sdSeenProgress = [];
-        new MutationObserver(() => {
+        const seen = window.sdSeenProgress = [];
+        setInterval(() => {
             const bar = document.querySelector('#' + kind + '_progress [role=progressbar]');
-            if (bar) window.sdSeenProgress.push([bar.innerText, bar.getAttribute('aria-valuenow')]);
-        }).observe(document.getElementById(kind + '_progress'), {childList: true, subtree: true});
+            const now = bar && [bar.innerText, bar.getAttribute('aria-valuenow')];
+            const last = seen[seen.length - 1];
+            if (now && !(last && last[0] === now[0] && last[1] === now[1])) seen.push(now);
+        }, 20);
     }""", kind)
 
 
@@ -552,8 +554,10 @@ def git_repo(folder: Path) -> Path:
     return folder
 
 
-def panel_header(page, elem_id: str) -> str:
-    return page.inner_text(f"#{elem_id} > button.label-wrap").replace("▼", "").strip()
+def panel_header(page, elem_id: str, expected: str) -> None:
+    """Wait until the header of the panel ``elem_id`` reads ``expected``."""
+    page.wait_for_function("([id, text]) => document.querySelector('#' + id + ' > button.label-wrap span')"
+                           ".innerText.trim() === text", arg=[elem_id, expected])
 
 
 def test_script_dropdown_shows_the_chosen_scripts_controls_and_runs_with_them(page):
@@ -567,11 +571,13 @@ def test_script_dropdown_shows_the_chosen_scripts_controls_and_runs_with_them(pa
     small_job(page, steps=2)
     info = generate(page)
     assert "Seed: 7" in info, info
-    assert page.locator("#txt2img_gallery .thumbnail-item").count() == 3  # the grid, then its two cells
+    grid = gallery_image(page)
+    assert grid.width >= 2 * 64 and grid.height > 64, grid.size  # two cells side by side, and the legend
     shot(page, "xyz-plot")
     choose(page, "txt2img_script", "None")
     page.wait_for_selector(controls, state="hidden")
     assert "Seed: 7" not in generate(page)  # no script: one plain image
+    assert gallery_image(page).size == (64, 64)
 
 
 def test_panel_headers_say_when_on_an_upload_enables_its_unit_and_a_paste_turns_panels_off(page, tmp_path):
@@ -580,8 +586,7 @@ def test_panel_headers_say_when_on_an_upload_enables_its_unit_and_a_paste_turns_
     hires, controlnet = "txt2img_script_hires_fix_panel", "txt2img_script_controlnet_panel"
     open_panel(page, hires)
     page.click("#txt2img_script_hires_fix_enable input")
-    page.wait_for_function(f"() => document.querySelector('#{hires} > button').innerText.includes('on')")
-    assert panel_header(page, hires) == "Hires fix — on"
+    panel_header(page, hires, "Hires fix — on")
     small_job(page, steps=2)
     page.wait_for_function("() => document.querySelector('#txt2img_script_hires_fix_describe').innerText"
                            ".includes('128×128')")
@@ -594,18 +599,17 @@ def test_panel_headers_say_when_on_an_upload_enables_its_unit_and_a_paste_turns_
     page.get_by_role("tab", name="Unit 1").click()
     page.set_input_files("#txt2img_script_controlnet_unit1_image input[type=file]", str(path))
     page.wait_for_function("() => document.querySelector('#txt2img_script_controlnet_unit1_enabled input').checked")
-    assert panel_header(page, controlnet) == "ControlNet — on: Unit 1"
+    panel_header(page, controlnet, "ControlNet — on: Unit 1")
     preview = page.locator("#txt2img_script_controlnet_unit1_preview_image").bounding_box()
     image = page.locator("#txt2img_script_controlnet_unit1_image").bounding_box()
     assert preview["x"] > image["x"] + image["width"] / 2 and abs(preview["y"] - image["y"]) < 40  # side by side
     shot(page, "panels-on")
     page.click(f"#{hires} > button.label-wrap")  # closed, the header still tells
-    assert panel_header(page, hires) == "Hires fix — on"
+    panel_header(page, hires, "Hires fix — on")
     page.fill("#txt2img_prompt textarea", "pasted\nSteps: 3, Sampler: Euler, CFG scale: 7, Seed: 3, Size: 64x64")
     page.click("#txt2img_read_params")
-    page.wait_for_function(f"() => document.querySelector('#{hires} > button').innerText.trim().startsWith"
-                           "('Hires fix') && !document.querySelector('#{hires} > button').innerText.includes('on')")
-    assert panel_header(page, controlnet) == "ControlNet"
+    panel_header(page, hires, "Hires fix")
+    panel_header(page, controlnet, "ControlNet")
     assert not page.is_checked("#txt2img_script_controlnet_unit1_enabled input")
     info = generate(page)
     assert "Hires" not in info and "ControlNet" not in info and "Size: 64x64" in info, info

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_webui_browser import browser, chromium_path, gallery_image, generate, set_number, watched_page  # noqa: F401
+from tests.test_webui_browser import (  # noqa: F401 - browser and chromium_path are fixtures
+    browser, chromium_path, gallery_image, generate, set_number, watched_page)
 from tests.webui_server import REPO, running_server
 
 playwright_api = pytest.importorskip("playwright.sync_api")
@@ -56,7 +57,10 @@ def test_first_generate_with_the_page_defaults_draws_the_prompt_in_view(page):
     gallery = box(page, "#txt2img_gallery")
     assert shown["x"] >= gallery["x"] and shown["x"] + shown["width"] <= gallery["x"] + gallery["width"] + 1
     assert shown["y"] >= gallery["y"] and shown["y"] + shown["height"] <= gallery["y"] + gallery["height"] + 1
-    assert abs(shown["width"] - shown["height"]) <= 2 and shown["height"] >= 200  # whole, square, large
+    fit, drawn = page.evaluate("""() => { const i = document.querySelector('#txt2img_gallery img');
+        const s = Math.min(i.clientWidth / i.naturalWidth, i.clientHeight / i.naturalHeight);
+        return [getComputedStyle(i).objectFit, s * i.naturalHeight]; }""")
+    assert fit in ("contain", "scale-down") and drawn >= 200  # the whole image, scaled into its box, large
     assert box(page, "#txt2img_results")["x"] > box(page, "#txt2img_settings")["x"]  # controls left, results right
     page.screenshot(path=str(REPO / "test-artifacts" / "first-use.png"))
 
@@ -71,7 +75,8 @@ def test_live_preview_takes_the_gallerys_place_at_its_size(page):
     page.wait_for_selector("#txt2img_info .sd-infotext")
     gallery = box(page, "#txt2img_gallery")
     assert not page.locator("#txt2img_preview").is_visible()
-    assert abs(preview["height"] - gallery["height"]) <= 2 and abs(preview["y"] - gallery["y"]) <= 40
+    assert abs(preview["height"] - gallery["height"]) <= 2 and abs(preview["width"] - gallery["width"]) <= 2
+    assert abs(preview["x"] - gallery["x"]) <= 2 and abs(preview["y"] - gallery["y"]) <= 80  # below the progress bar
 
 
 def test_switching_checkpoints_moves_untouched_sizes_only(page):
@@ -80,16 +85,17 @@ def test_switching_checkpoints_moves_untouched_sizes_only(page):
         page.get_by_role("option", name=name, exact=True).click()
 
     def size(kind: str) -> tuple[str, str]:
+        page.get_by_role("tab", name=kind).first.click()  # a tab's fields are drawn once it is shown
         return (page.input_value(f"#{kind}_width input[type=number]"),
                 page.input_value(f"#{kind}_height input[type=number]"))
 
     choose_checkpoint("tiny-alpha.safetensors")  # an SD1 checkpoint without resolution metadata: 512
     page.wait_for_function("() => document.querySelector('#txt2img_width input[type=number]').value === '512'")
-    assert size("txt2img") == size("img2img") == ("512", "512")
+    assert size("img2img") == size("txt2img") == ("512", "512")
     set_number(page, "txt2img_width", 128)  # the user's own choice in txt2img
     choose_checkpoint("demo-shapes.safetensors")
     page.wait_for_function("() => document.querySelector('#img2img_width input[type=number]').value === '64'")
-    assert size("img2img") == ("64", "64") and size("txt2img") == ("128", "512")
+    assert size("txt2img") == ("128", "512") and size("img2img") == ("64", "64")
 
 
 def test_typed_size_snaps_to_what_is_rendered(page):

@@ -1,14 +1,11 @@
-"""The web UI's pure parts: card toggling, panel headers, the queue text of the progress bar, the icon styles."""
+"""The web UI's pure parts: card toggling, panel headers, the queue text of the progress bar."""
 from __future__ import annotations
-
-import re
 
 import pytest
 
 from modules.processing.progress import JobProgress
 from modules.scripts import Control
 from webui.extra_networks import toggle_in_prompt
-from webui.icons import ICONS, icons_css
 from webui.progress_html import progress_html
 from webui.script_controls import panel_header
 
@@ -23,6 +20,7 @@ from webui.script_controls import panel_header
     ("a cat", "embedding", "midnight", "a cat, midnight"),
     ("a cat, midnight", "embedding", "midnight", "a cat"),
     ("a midnights cat", "embedding", "midnight", "a midnights cat, midnight"),  # only the whole word
+    ("<lora:midnight:0.8>", "embedding", "midnight", "<lora:midnight:0.8>, midnight"),  # not a tag's name
 ])
 def test_a_card_click_adds_its_tag_or_takes_it_out(prompt, kind, name, expected):
     assert toggle_in_prompt(prompt, kind, name) == expected
@@ -42,9 +40,3 @@ def test_queue_text_only_when_jobs_are_ahead():
     assert "Waiting" not in progress_html(waiting, 1)  # first in line: it starts now
     assert "Waiting in queue: 1 job ahead" in progress_html(waiting, 2)
     assert "Waiting in queue: 3 jobs ahead" in progress_html(waiting, 4)
-
-
-def test_every_icon_has_a_style_and_no_emoji():
-    css = icons_css()
-    assert sorted(re.findall(r"\.sd-icon-(\w+)", css)) == sorted(ICONS)
-    assert not re.search("[\U0001F300-\U0001FAFF\u2600-\u27BF]", css)

@@ -17,16 +17,22 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-back
 
 
 def generate(page, kind: str = "txt2img") -> None:
-    page.evaluate(f"() => document.querySelectorAll('#{kind}_info > *').forEach(e => e.remove())")
+    page.evaluate(f"() => document.querySelectorAll('#{kind}_info .sd-infotext, #{kind}_info .sd-error')"
+                  ".forEach(e => e.remove())")
     page.click(f"#{kind}_generate")
-    page.wait_for_selector(f"#{kind}_info .sd-infotext", timeout=300_000)
+    page.wait_for_selector(f"#{kind}_info .sd-infotext, #{kind}_info .sd-error", timeout=300_000)
+    if page.locator(f"#{kind}_info .sd-error").count():
+        raise RuntimeError(page.inner_text(f"#{kind}_info"))
     page.wait_for_timeout(800)  # the gallery has drawn the image
     page.evaluate("() => window.scrollTo(0, 0)")
 
 
 def choose(page, elem_id: str, option: str) -> None:
-    page.click(f"#{elem_id} input")
-    page.get_by_role("option", name=option, exact=True).click()
+    """Pick the first option of dropdown ``elem_id`` that matches the typed ``option``."""
+    page.fill(f"#{elem_id} input", option)
+    page.keyboard.press("ArrowDown")
+    page.keyboard.press("Enter")
+    page.wait_for_timeout(300)
 
 
 def txt2img(page) -> None:
@@ -36,12 +42,23 @@ def txt2img(page) -> None:
     page.screenshot(path=str(DOCS / "screenshot-txt2img.png"))
 
 
-def inpaint(page) -> None:
-    from tests.test_webui_browser import draw_stroke
+def inpaint(page, tmp: Path) -> None:
+    """The txt2img result with its left half masked (Inpaint upload), repainted with a yellow circle."""
+    import io
 
-    page.click("#txt2img_send_to_inpaint")
-    page.wait_for_selector("#img2img_mask_blur", state="visible")
-    draw_stroke(page, "img2img_inpaint", length=0.5)
+    from PIL import Image
+
+    src = page.locator("#txt2img_gallery img").first.get_attribute("src")
+    image, mask = tmp / "result.png", tmp / "mask.png"
+    Image.open(io.BytesIO(page.request.get(src).body())).save(image)
+    half = Image.new("L", (64, 64), 0)
+    half.paste(255, (0, 0, 32, 64))
+    half.save(mask)
+    page.get_by_role("tab", name="img2img").first.click()
+    page.get_by_role("tab", name="Inpaint upload").click()
+    page.set_input_files("#img2img_upload_image input[type=file]", str(image))
+    page.set_input_files("#img2img_upload_mask input[type=file]", str(mask))
+    page.wait_for_selector("#img2img_upload_mask img")
     page.fill("#img2img_prompt textarea", "a large yellow circle on a blue background")
     page.fill("#img2img_denoising_strength input[type=number]", "1")
     page.press("#img2img_denoising_strength input[type=number]", "Enter")
@@ -104,7 +121,7 @@ def main() -> int:
         page.wait_for_function("() => document.querySelector('#txt2img_generate') && "
                                "!document.querySelector('#sd_status .sd-loading')", timeout=300_000)
         txt2img(page)
-        inpaint(page)
+        inpaint(page, Path(tmp))
         controlnet(page, Path(tmp))
         xyz(page)
         browser.close()

@@ -83,17 +83,17 @@ class UiContext:
             self.state.extensions.infotext_pasted(text, fields)
         return fields
 
-    def model_size(self) -> tuple[int, int]:
-        """The native (width, height) of the loaded checkpoint, else of the one being loaded at start (read from
-        its header), else SD1's 512×512: the size fields' default."""
+    def model_size(self, name: str | None = None) -> tuple[int, int]:
+        """The native (width, height) of checkpoint ``name``, else of the loaded one, else of the one being loaded
+        at start (read from the file's header when it is not loaded), else SD1's 512×512."""
         from modules.app_state import startup_checkpoint
         from modules.models.loader import file_resolution
 
-        model = self.state.models.current
-        if model is not None:
-            return model.native_size
-        info = startup_checkpoint(self.state)
-        found = file_resolution(info.path, self.state.options.allow_pickle) if info is not None else None
+        state = self.state
+        info = state.checkpoints.find(name) if name else state.models.current_info or startup_checkpoint(state)
+        if info is not None and info == state.models.current_info and state.models.current is not None:
+            return state.models.current.native_size
+        found = file_resolution(info.path, state.options.allow_pickle) if info is not None else None
         return found or (512, 512)
 
     @property

@@ -80,7 +80,7 @@ def _card_pattern(kind: str, name: str) -> re.Pattern:
     """The card's text in a prompt (a LoRA tag at any weight, or the embedding's word) with the separator before."""
     if kind == "lora":
         return re.compile(rf"[\s,]*<lora:{re.escape(name)}(?::[^>]*)?>")
-    return re.compile(rf"[\s,]*(?<![\w-]){re.escape(name)}(?![\w-])")
+    return re.compile(rf"[\s,]*(?<![\w\-:<(]){re.escape(name)}(?![\w\-:>])")  # not inside a tag or a weight
 
 
 def toggle_in_prompt(prompt: str, kind: str, name: str) -> str:

@@ -13,8 +13,8 @@ from modules.image_io import save_image
 from modules.processing.outputs import zip_images
 from modules.processing.params import MAX_BATCH_SIZE, MAX_SIZE, MAX_STEPS, MIN_SIZE
 from modules.prompts.styles import PromptStyle, apply_styles, load_styles, save_style
-from modules.sampling.registry import sampler_names, schedule_labels
 from modules.prompts.network_tags import extract_network_tags
+from modules.sampling.registry import sampler_names, schedule_labels
 from webui import extra_networks, img2img_inputs, script_controls
 from webui.context import UiContext
 from webui.icons import icon_button
@@ -285,12 +285,6 @@ def open_in_file_browser(folder: Path, wait_s: float = 3) -> str:
     return "" if code == 0 or sys.platform == "win32" else f"The file browser did not open ({opener} exit {code})"
 
 
-def _snapped_sizes(tab: GenerationTab, values: dict) -> dict:
-    """Updates that put sizes which are not multiples of 8 in the fields as the job renders them (rounded down)."""
-    return {tab.fields[n]: gr.update(value=v - v % 8) for n in ("width", "height")
-            if isinstance(v := values.get(n), (int, float)) and v % 8}
-
-
 def _run(ctx: UiContext, tab: GenerationTab, data: dict, request: gr.Request, script_ui):
     """Submit the job and stream progress, the live preview (in the gallery's place) and finished images until it
     ends; yields ``{component: update}``."""
@@ -305,8 +299,7 @@ def _run(ctx: UiContext, tab: GenerationTab, data: dict, request: gr.Request, sc
         yield {tab.info: info_html("", error=str(e)), tab.progress: ""}
         return
     out.job = job
-    yield {**_snapped_sizes(tab, values), tab.info: "",  # the last job's info goes
-           tab.progress: progress_html(job.progress, ctx.state.queue.position(job))}
+    yield {tab.info: "", tab.progress: progress_html(job.progress, ctx.state.queue.position(job))}  # old info goes
     preview_step = -1
     shown = 0
     while not job.done:
@@ -334,9 +327,10 @@ def _run(ctx: UiContext, tab: GenerationTab, data: dict, request: gr.Request, sc
     warnings = list(result.warnings) + (["Interrupted: the images finished so far are kept"]
                                         if result.interrupted else [])
     first = result.infotexts[0] if result.infotexts else ""
-    gallery = ([result.grid] if result.grid is not None else []) + list(result.images)
-    if result.grid is not None:
-        out.images.insert(0, result.grid)
+    grid = result.grid if result.grid is not None and not any(i is result.grid for i in result.images) else None
+    gallery = ([grid] if grid is not None else []) + list(result.images)  # a script's grid may lead its images
+    if grid is not None:
+        out.images.insert(0, grid)
         out.infotexts.insert(0, first)
         out.seeds.insert(0, out.seeds[0] if out.seeds else -1)
     yield {**done, tab.gallery: gr.update(value=gallery, visible=True), tab.info: info_html(first, warnings)}
@@ -364,9 +358,10 @@ def _action_buttons(ctx: UiContext, tab: GenerationTab):
     return read_params
 
 
-def build_generation_tab(ctx: UiContext, kind: str) -> GenerationTab:
+def build_generation_tab(ctx: UiContext, kind: str, size: tuple[int, int]) -> GenerationTab:
     """Lay out one generation tab as A1111 does (prompts and actions on top; controls left, results right) and wire
-    its events; returns its components for cross-tab wiring."""
+    its events; ``size``: the checkpoint's native one, the size fields' default. Returns the tab's components for
+    cross-tab wiring."""
     tab = GenerationTab(kind)
     with gr.Row(elem_classes="sd-prompt-row"):
         with gr.Column(scale=8):
@@ -381,7 +376,7 @@ def build_generation_tab(ctx: UiContext, kind: str) -> GenerationTab:
         with gr.Column(scale=1, elem_id=f"{kind}_settings"):
             if kind == "img2img":
                 tab.inputs = img2img_inputs.build(ctx)
-            _sampling_controls(ctx, tab, ctx.model_size())
+            _sampling_controls(ctx, tab, size)
             if kind == "img2img":
                 _img2img_controls(ctx, tab)
                 tab.inputs.wire_mode(tab.inpaint_group)
@@ -398,7 +393,7 @@ def build_generation_tab(ctx: UiContext, kind: str) -> GenerationTab:
             _output_panel(ctx, tab)
 
     inputs = set(tab.fields.values()) | set(script_ui.components) | (tab.inputs.components if tab.inputs else set())
-    outputs = [tab.gallery, tab.info, tab.progress, tab.preview, tab.fields["width"], tab.fields["height"]]
+    outputs = [tab.gallery, tab.info, tab.progress, tab.preview]
 
     def generate_images(data: dict, request: gr.Request):
         yield from _run(ctx, tab, data, request, script_ui)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import html
+import logging
 from dataclasses import dataclass, field, replace
 
 import gradio as gr
@@ -9,6 +10,7 @@ import gradio as gr
 from modules import scripts
 from webui.context import UiContext, script_field
 
+log = logging.getLogger("sdwebui")
 NO_SCRIPT = "None"
 
 
@@ -151,12 +153,13 @@ def _describe_line(ctx: UiContext, kind: str, script, controls, comps: dict, siz
     watched = [c for c in controls if c.kind != "image"]
     line = gr.HTML("", elem_id=f"{_prefix(kind, script)}_describe", elem_classes="sd-script-describe")
 
-    def describe(*values):
+    def describe(*values):  # the panel's raw values: checking them would rescan the script's catalogs each time
         *panel, width, height = values
         try:
-            args = scripts.named_args(script, kind, dict(zip((c.name for c in watched), panel)))
-            return html.escape(script.describe(kind, args, int(width), int(height)))
-        except (TypeError, ValueError):
+            return html.escape(script.describe(kind, dict(zip((c.name for c in watched), panel)), int(width),
+                                               int(height)))
+        except Exception:  # noqa: BLE001 - an extension's bug must not break the panel (nor answer HTTP 500)
+            log.exception("%s: describe failed", script.title)
             return ""
 
     inputs = [*(comps[c.name] for c in watched), *size]

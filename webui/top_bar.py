@@ -132,7 +132,9 @@ def build(ctx: UiContext) -> TopBar:
             state.checkpoints.refresh()
             state.vaes.refresh()
             update = gr.update(choices=checkpoint_choices(state), value=current_checkpoint(state))
-            return [update, gr.update(choices=state.vaes.choices(), value=state.models.vae_choice)][:1 + bool(vae)]
+            if vae is None:
+                return update  # one output takes one update, not a list of one
+            return [update, gr.update(choices=state.vaes.choices(), value=state.models.vae_choice)]
 
         refresh.click(rescan, None, [settings["sd_model_checkpoint"], *([vae] if vae else [])])
     status = gr.HTML(status_html(ctx), elem_id="sd_status")

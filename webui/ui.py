@@ -20,6 +20,8 @@ from webui.ui_config import FILE_NAME as UI_CONFIG_FILE, UiConfig
 
 STATIC = Path(__file__).resolve().parent / "static"
 STATUS_POLL_SECONDS = 1.0
+# static/: Ctrl+Enter, cards, tooltips, remembered prompts, size snapping; weight keys; Generate forever; the theme
+PAGE_SCRIPTS = ("script.js", "prompt_keys.js", "generate_forever.js", "theme.js")
 
 
 @dataclass(frozen=True)
@@ -38,7 +40,7 @@ def page_assets(state, tooltips: dict[str, str], boot_id: str) -> PageAssets:
     """Stylesheet, the page script (Ctrl+Enter, card clicks, tooltips, remembered prompts) and the theme, plus the
     extensions' own. ``boot_id`` identifies this server process (the page reloads when it changes on restart)."""
     ext_js, ext_css = ui_assets(state)
-    scripts = [p.read_text(encoding="utf-8") for p in sorted(STATIC.glob("*.js"))]
+    scripts = [(STATIC / name).read_text(encoding="utf-8") for name in PAGE_SCRIPTS]
     data = json.dumps(tooltips)
     page_data = (f'window.sdBootId = "{boot_id}";\nwindow.sdTooltips = {data};\n'
                  f'window.sdTheme = {json.dumps(state.options.server.theme or "")};\n')
@@ -82,19 +84,20 @@ def _wire_sending(ctx: UiContext, main_tabs, png) -> None:
                      img2img_targets, show_progress="hidden")
 
 
-def _wire_model_sizes(ctx: UiContext, checkpoint) -> None:
-    """Width and height follow the checkpoint's native size when it changes, in each tab whose size fields still
-    hold the previous checkpoint's size and that has no size of its own in ui-config.json."""
+def _wire_model_sizes(ctx: UiContext, checkpoint, size: tuple[int, int]) -> None:
+    """Width and height follow the checkpoint's native size when the checkpoint field changes (``size``: the one
+    the fields start with), in each tab whose size fields still hold the previous checkpoint's size and that has
+    no size of its own in ui-config.json. The size is read from the named file, so it does not wait for the load."""
     if checkpoint is None:
         return
     tabs = list(ctx.tabs.items())
     sizes = [c for _, tab in tabs for c in (tab.fields["width"], tab.fields["height"])]
-    last = gr.State(list(ctx.model_size()))
+    last = gr.State(list(size))
 
-    def follow(_name, previous, *values):
-        if ctx.state.models.current is None:
+    def follow(name, previous, *values):
+        if not name:
             return [previous, *[gr.skip()] * len(values)]
-        new = list(ctx.model_size())
+        new = list(ctx.model_size(name))
         updates = []
         for i, (kind, _) in enumerate(tabs):
             own = ctx.ui_config.has_value(kind, "Width") or ctx.ui_config.has_value(kind, "Height")
@@ -116,9 +119,10 @@ def build_ui(state, startup_job=None, restarter: Restarter | None = None) -> tup
     with gr.Blocks(title="Stable Diffusion", analytics_enabled=False, fill_width=True) as demo:
         bar = top_bar.build(ctx)
         with gr.Tabs(elem_id="tabs") as main_tabs:
+            size = ctx.model_size()
             for kind in ("txt2img", "img2img"):
                 with gr.Tab(kind, id=kind, elem_id=f"tab_{kind}") as tab:
-                    build_generation_tab(ctx, kind)
+                    build_generation_tab(ctx, kind, size)
                 ctx.ui_config.register_tab(kind, tab)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = pnginfo.build(ctx)
@@ -130,7 +134,7 @@ def build_ui(state, startup_job=None, restarter: Restarter | None = None) -> tup
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
                 extensions_tab.build(ctx)
         _wire_sending(ctx, main_tabs, png)
-        _wire_model_sizes(ctx, bar.checkpoint)
+        _wire_model_sizes(ctx, bar.checkpoint, size)
         timer = gr.Timer(STATUS_POLL_SECONDS, active=not ctx.model_ready)
 
         def tick():
@@ -140,10 +144,11 @@ def build_ui(state, startup_job=None, restarter: Restarter | None = None) -> tup
         timer.tick(tick, None, [bar.status, *([bar.checkpoint] if bar.checkpoint else []), timer],
                    show_progress="hidden", queue=False)
         folders = [t.folder_button for t in ctx.tabs.values()]
+        local = lambda request: is_local(request) and not state.options.server.share  # noqa: E731 - shared: proxied
 
         def on_load(request: gr.Request):
             return [*settings_values(), top_bar.status_html(ctx), *bar.values(ctx),
-                    gr.Timer(active=not ctx.model_ready), *[gr.update(visible=is_local(request))] * len(folders)]
+                    gr.Timer(active=not ctx.model_ready), *[gr.update(visible=local(request))] * len(folders)]
 
         demo.load(on_load, None, [*settings_components, bar.status, *bar.settings.values(), timer, *folders],
                   show_progress="hidden", queue=False)

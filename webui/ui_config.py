@@ -21,6 +21,7 @@ FILE_NAME = "ui-config.json"
 INPUT_TYPES = (gr.Textbox, gr.Number, gr.Slider, gr.Checkbox, gr.Dropdown, gr.Radio, gr.CheckboxGroup)
 SLIDER_ATTRS = ("minimum", "maximum", "step")
 MODEL_SIZED = ("Width", "Height")  # their value follows the checkpoint unless the user saved one
+LEGACY_SIZE = 512
 
 
 def _labelled_inputs(block):
@@ -104,9 +105,9 @@ class UiConfig:
             self.fields[key] = component
             for attr in _attrs(component):
                 path = f"{key}/{attr}"
+                if attr == "value" and component.label in MODEL_SIZED and not self.has_value(tab, component.label):
+                    continue  # none of the user's own (or the old default): the field keeps the checkpoint's size
                 if path not in self.saved:
-                    if attr == "value" and component.label in MODEL_SIZED:
-                        continue
                     value = getattr(component, attr)
                     text = isinstance(component, gr.Textbox) and attr == "value"
                     self.saved[path] = "" if text and value is None else _plain(value)
@@ -114,8 +115,10 @@ class UiConfig:
                     log.warning("%s: %r is not a valid %s for %s; ignored", FILE_NAME, self.saved[path], attr, key)
 
     def has_value(self, tab: str, label: str) -> bool:
-        """Whether the file holds a default value of its own for the field ``label`` of ``tab``."""
-        return f"{tab}/{label}/value" in self.saved
+        """Whether the file holds a default value of its own for the field ``label`` of ``tab``. For the sizes, a
+        stored 512 is taken as the old built-in default that earlier versions (and A1111) wrote for everyone."""
+        value = self.saved.get(f"{tab}/{label}/value")
+        return value is not None and not (label in MODEL_SIZED and value == LEGACY_SIZE)
 
     @property
     def components(self) -> list:
@@ -127,7 +130,9 @@ class UiConfig:
         out = []
         for (key, component), new in zip(self.fields.items(), values):
             path = f"{key}/value"
-            old = self.saved.get(path)
+            tab, label = key.split("/", 1)
+            follows = label in MODEL_SIZED and not self.has_value(tab, label)
+            old = component.value if follows else self.saved.get(path)  # a size that follows: changed by the user?
             new = _plain(new)
             if new == old or (old is None and new in ("", [])) or not value_ok(component, new):
                 continue

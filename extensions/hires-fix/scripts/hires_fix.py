@@ -253,9 +253,9 @@ class HiresFix(Script):
         return f"{text}, image {job.images}/{count}" if count > 1 else text
 
     def values_from_infotext(self, fields: dict) -> dict:
-        """Enabled, with the infotext's hires settings, when it has "Hires upscale" or "Hires resize" (else
-        disabled, as A1111 pastes it)."""
-        if "Hires upscale" not in fields and "Hires resize-1" not in fields:
+        """Enabled, with the infotext's hires settings, when it has "Hires upscale" or a "Hires resize" (else
+        disabled, as A1111 pastes it; the parser fills "Hires resize-1/-2" with 0 when absent)."""
+        if "Hires upscale" not in fields and not (fields.get("Hires resize-1") or fields.get("Hires resize-2")):
             return {"enable": False}
         out = {"enable": True, "hr_scale": fields.get("Hires upscale", 2.0),
                "hr_resize_x": fields.get("Hires resize-1", 0), "hr_resize_y": fields.get("Hires resize-2", 0),
