@@ -654,14 +654,47 @@ def test_tool_buttons_clear_seed_swap_folder(page, server):
 
 def test_expected_mistakes_are_shown_and_logged_in_one_line(page, server):
     page.get_by_role("tab", name="img2img").first.click()
+    before = len(server.log())
     page.click("#img2img_read_params")
     page.wait_for_selector("text=Paste generation parameters into the prompt box first")
     deadline = time.monotonic() + 10
-    while "user error: Paste generation parameters" not in server.log() and time.monotonic() < deadline:
+    while "user error: Paste generation parameters" not in server.log()[before:] and time.monotonic() < deadline:
         time.sleep(0.1)
-    log = server.log()
-    assert "user error: Paste generation parameters into the prompt box first" in log
-    assert "Traceback" not in log
+    page.wait_for_timeout(500)
+    logged = server.log()[before:]
+    assert "user error: Paste generation parameters into the prompt box first" in logged
+    assert "Traceback" not in logged, logged
+
+
+def test_styles_save_and_apply_and_parameters_paste_into_img2img_from_png_info_and_the_prompt(page, tmp_path):
+    from modules.image_io import save_image
+
+    page.fill("#txt2img_prompt textarea", "watercolor")
+    page.fill("#txt2img_neg_prompt textarea", "blurry")
+    page.fill("#txt2img_style_name input, #txt2img_style_name textarea", "paint")
+    page.click("#txt2img_style_save")
+    page.wait_for_selector("text=Saved style 'paint'")
+    page.click("#txt2img_clear_prompt")
+    page.fill("#txt2img_prompt textarea", "a boat")
+    page.click("#txt2img_styles input")
+    page.get_by_role("option", name="paint", exact=True).click()
+    page.wait_for_selector("#txt2img_styles .token")  # chosen (a multiselect shows it as a token)
+    page.click("#txt2img_style_apply")
+    page.wait_for_function("() => document.querySelector('#txt2img_prompt textarea').value === 'a boat, watercolor'")
+    assert page.input_value("#txt2img_neg_prompt textarea") == "blurry"
+    text = "a lighthouse\nNegative prompt: fog\nSteps: 6, Sampler: Euler, CFG scale: 4, Seed: 77, Size: 64x64"
+    path = save_image(Image.new("RGB", (64, 64), (200, 40, 40)), tmp_path / "made.png", infotext=text)
+    page.get_by_role("tab", name="PNG Info").click()
+    page.set_input_files("#pnginfo_image input[type=file]", str(path))
+    page.wait_for_function("() => document.querySelector('#pnginfo_html').innerText.includes('lighthouse')")
+    page.click("#pnginfo_send_img2img")
+    page.wait_for_function("() => document.querySelector('#img2img_prompt textarea')?.value === 'a lighthouse'")
+    assert page.input_value("#img2img_seed input") == "77" and page.locator("#img2img_image img").count() == 1
+    page.fill("#img2img_prompt textarea", text.replace("77", "78").replace("a lighthouse", "a harbour"))
+    page.click("#img2img_read_params")  # pasting into img2img's own prompt box
+    page.wait_for_function("() => document.querySelector('#img2img_seed input').value === '78'")
+    assert page.input_value("#img2img_prompt textarea") == "a harbour"
+    assert "Seed: 78" in generate(page, "img2img")
 
 
 def test_settings_page_shows_the_loaded_checkpoint(page):
