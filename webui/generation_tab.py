@@ -1,6 +1,7 @@
 """The txt2img and img2img tabs: prompts, generation controls, scripts, output panel, and the generate loop."""
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import time
@@ -24,6 +25,7 @@ from webui.params_fields import (INPAINT_AREAS, MASK_MODES, MASKED_CONTENT, RESI
 from webui.progress_html import info_html, progress_html
 
 POLL_SECONDS = 0.25
+log = logging.getLogger("sdwebui")
 
 
 @dataclass
@@ -411,14 +413,16 @@ def build_generation_tab(ctx: UiContext, kind: str, size: tuple[int, int]) -> Ge
     tab.skip.click(control("skip"), None, None, queue=False)
     field_list = list(tab.fields.values())
 
-    def read(prompt, request: gr.Request):
+    def read(prompt, request: gr.Request):  # not queued, so it answers at once: it must not raise
         out = ctx.outputs.get(request.session_hash, kind)
         text = prompt if looks_like_infotext(prompt or "") else (out.infotexts[0] if out.infotexts else "")
         if not text:
-            raise user_error("Paste generation parameters into the prompt box first")
-        return fill_updates(tab, ctx.infotext_fields(text))
+            message = "Paste generation parameters into the prompt box first"
+            log.info("user error: %s", message)
+            return [*[gr.skip()] * len(field_list), info_html("", error=message)]
+        return [*fill_updates(tab, ctx.infotext_fields(text)), gr.skip()]
 
-    read_params.click(read, tab.prompt, field_list)
+    read_params.click(read, tab.prompt, [*field_list, tab.info], queue=False, show_progress="hidden")
     ctx.tabs[kind] = tab
     return tab
 
