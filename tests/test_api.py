@@ -177,6 +177,13 @@ BAD_REQUESTS = [
     ("/txt2img", {"alwayson_scripts": {"Nope": {"args": []}}}, 400, "alwayson_scripts"),
     ("/txt2img", {"alwayson_scripts": {"Hires fix": {"args": {"hr_scale": "x"}}}}, 400, "hr_scale"),
     ("/txt2img", {"script_name": "x/y/z plot", "script_args": {"x_type": "Nope"}}, 400, "x_type"),
+    # a 40-byte range that once expanded to a billion seeds before anything checked its size
+    ("/txt2img", {"script_name": "x/y/z plot", "script_args": {"x_type": "Seed", "x_values": "1-1000000000"}}, 400,
+     "at most 500"),
+    ("/txt2img", {"script_name": "x/y/z plot", "script_args": {"x_type": "Seed", "x_values": "1-2 [300000000]"}}, 400,
+     "at most 500"),
+    ("/txt2img", {"script_name": "x/y/z plot", "script_args": {"x_type": "Seed", "x_values": "1-30",
+                                                              "y_type": "Steps", "y_values": "1-30"}}, 400, "900 cells"),
     ("/txt2img", {"steps": 0}, 422, "steps"),
     ("/txt2img", {"steps": 10**9}, 422, "steps"),
     ("/txt2img", {"width": 100000}, 422, "width"),

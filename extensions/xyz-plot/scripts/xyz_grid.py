@@ -23,6 +23,8 @@ from modules.scripts import Control, Script, XyzAxis, XyzCell, find_script, name
 
 TITLE = "X/Y/Z plot"
 NOTHING = "Nothing"
+MAX_AXIS_VALUES = 500  # checked before a range is expanded: "1-1000000000" is refused, not built
+MAX_CELLS = 500  # each cell is a job and an image kept for the grid
 _RANGE = re.compile(r"^\s*([+-]?[\d.]+)\s*-\s*([+-]?[\d.]+)\s*(?:\(\s*([+-]?[\d.]+)\s*\)|\[\s*(\d+)\s*\])?\s*$")
 
 
@@ -42,13 +44,13 @@ def expand_numbers(text: str, kind: type) -> list:
             continue
         start, end = float(m.group(1)), float(m.group(2))
         if m.group(4):  # [count]: evenly spaced, both ends included
-            count = int(m.group(4))
+            count = _checked_count(item, int(m.group(4)), len(values))
             points = [start + (end - start) * k / max(1, count - 1) for k in range(count)] if count > 1 else [start]
         else:
             step = float(m.group(3)) if m.group(3) else (1.0 if end >= start else -1.0)
             if step == 0 or (end - start) * step < 0:
                 raise ValueError(f"range {item!r} never reaches its end")
-            n = int(math.floor((end - start) / step + 1e-9)) + 1
+            n = _checked_count(item, int(math.floor((end - start) / step + 1e-9)) + 1, len(values))
             points = [start + step * k for k in range(n)]
         values.extend(int(p) if kind is int else round(p, 10) for p in points)  # int() truncates, as A1111
     return values
@@ -119,6 +121,13 @@ def axes_for(state, kind: str) -> list[XyzAxis]:
     return [a for a in [*builtin_axes(state), *contributed] if isinstance(a, XyzAxis) and kind in a.kinds]
 
 
+def _checked_count(item: str, count: int, before: int) -> int:
+    """``count`` values of range ``item``, unless the axis would then hold more than :data:`MAX_AXIS_VALUES`."""
+    if before + count > MAX_AXIS_VALUES:
+        raise ValueError(f"range {item!r} gives {count} values; an axis takes at most {MAX_AXIS_VALUES}")
+    return count
+
+
 def axis_values(axis: XyzAxis, text: str) -> list:
     """Parse an axis's value text; Prompt S/R gives (search, replacement) pairs, the first pair the original."""
     if axis.label == NOTHING:
@@ -132,6 +141,8 @@ def axis_values(axis: XyzAxis, text: str) -> list:
         values = [(values[0], v) for v in values] if values else []
     if not values:
         raise ValueError(f"{axis.label}: no values given")
+    if len(values) > MAX_AXIS_VALUES:
+        raise ValueError(f"{axis.label}: {len(values)} values; an axis takes at most {MAX_AXIS_VALUES}")
     return values
 
 
@@ -179,6 +190,9 @@ class XyzPlot(Script):
             except ValueError as e:
                 raise ValueError(f"{TITLE}: {key.upper()} axis {axis.label}: {e}") from None
 
+        cells_wanted = math.prod(len(values) for _, values in chosen)
+        if cells_wanted > MAX_CELLS:
+            raise ValueError(f"{TITLE}: {cells_wanted} cells; a plot makes at most {MAX_CELLS} images")
         base = copy.copy(params)
         if not args["no_fixed_seeds"]:
             base.seed = resolve_seed(int(base.seed))
