@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import struct
 import tempfile
@@ -11,6 +12,8 @@ import threading
 from pathlib import Path
 
 CHUNK = 1 << 20
+
+log = logging.getLogger(__name__)
 
 
 def sha256_file(path: Path, skip_safetensors_header: bool = False) -> str:
@@ -32,10 +35,23 @@ class HashCache:
         self.path = Path(path)
         self._lock = threading.Lock()
         self._computing: dict[str, threading.Event] = {}
+        self._entries: dict = self._read()
+
+    def _read(self) -> dict:
+        """The stored entries; a file that does not parse or has another shape is rebuilt (hashes are recomputed)."""
         try:
-            self._entries: dict = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            self._entries = {}
+            stored = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            log.warning("%s could not be read (%s); hashes will be computed again", self.path, e)
+            return {}
+        if not isinstance(stored, dict):
+            log.warning("%s holds no hash entries (%s); hashes will be computed again", self.path,
+                        type(stored).__name__)
+            return {}
+        return {k: e for k, e in stored.items()
+                if isinstance(e, dict) and {"size", "mtime", "hash"} <= e.keys()}
 
     def get(self, file: Path, kind: str = "sha256") -> str:
         """The full hex digest of ``kind`` ("sha256" or "addnet") for ``file``, computing it on a miss.

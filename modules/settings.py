@@ -6,11 +6,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import tempfile
 import threading
+import time
 from dataclasses import dataclass, fields
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 # Settings with a fixed set of values.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -146,22 +150,51 @@ def _validated(values: dict) -> dict:
 
 
 class SettingsStore:
-    """The stored settings; ``update`` validates, replaces and saves atomically."""
+    """The stored settings; ``update`` validates, replaces and saves atomically.
+
+    Nothing stored is lost silently: a file that does not parse (or is not an object) is moved aside to
+    ``config.json.broken-<time>`` before defaults are used, and an invalid value drops only its own key. Each such
+    problem is logged and kept in :attr:`notices` for the UI to show.
+    """
 
     def __init__(self, path: Path):
         self.path = Path(path)
         self._lock = threading.Lock()
-        self.extra: dict = {}  # options of extensions or newer versions, kept as they are
+        self.notices: list[str] = []
+        raw = self._read()
+        self.extra = {k: v for k, v in raw.items() if k not in _FIELDS}  # extensions' or newer versions' options
+        known = {}
+        for name, value in ((k, v) for k, v in raw.items() if k in _FIELDS):
+            try:
+                known.update(_validated({name: value}))
+            except ValueError as e:
+                self._notice(f"{self.path.name}: {e}; the default is used")
+        self.current = Settings().with_overrides(known)
+
+    def _notice(self, message: str) -> None:
+        log.warning("%s", message)
+        self.notices.append(message)
+
+    def _read(self) -> dict:
         try:
             raw = json.loads(self.path.read_text(encoding="utf-8"))
-        except (OSError, ValueError):
-            raw = {}
-        known = {k: v for k, v in raw.items() if k in _FIELDS}
-        self.extra = {k: v for k, v in raw.items() if k not in _FIELDS}
+            if isinstance(raw, dict):
+                return raw
+            problem = f"it holds {type(raw).__name__}, not an object of settings"
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError) as e:
+            problem = str(e)
+        kept = self.path.with_name(f"{self.path.name}.broken-{time.strftime('%Y%m%d-%H%M%S')}")
         try:
-            self.current = Settings().with_overrides(known)
-        except ValueError:
-            self.current = Settings()
+            os.replace(self.path, kept)
+            where = f"moved to {kept.name}"
+        except OSError as e:
+            where = f"left in place ({e})"
+        message = f"{self.path} could not be read ({problem}): {where}; starting with the default settings"
+        log.error("%s", message)
+        self.notices.append(message)
+        return {}
 
     def update(self, values: dict) -> Settings:
         with self._lock:

@@ -111,6 +111,7 @@ def running_server(root: Path, extra: tuple[str, ...] = (), timeout: float = 120
     into the data folder first (e.g. ui-config.json)."""
     dirs = write_models(root)
     for name, text in (data_files or {}).items():
+        (dirs["data"] / name).parent.mkdir(parents=True, exist_ok=True)
         (dirs["data"] / name).write_text(text, encoding="utf-8")
     port = free_port()
     log_path = root / f"server-{port}.log"

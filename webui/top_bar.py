@@ -67,14 +67,17 @@ def switch_vae(ctx: UiContext, choice: str) -> str:
 
 
 def status_html(ctx: UiContext) -> str:
-    """The loading banner while the start-up model load runs, its error if it failed, else nothing."""
+    """What the settings file lost at start (if anything), then the loading banner while the start-up model load
+    runs, or its error if it failed."""
+    notices = "".join(f'<div class="sd-banner sd-error sd-settings-notice">Settings: {html.escape(n)}</div>'
+                      for n in ctx.state.settings.notices)
     job = ctx.startup_job
     if job is None or (job.done and job.error is None):
-        return ""
+        return notices
     if not job.done:
-        return ('<div class="sd-banner sd-loading">Loading the model… The UI is ready to use; jobs start as soon as '
-                'the model is loaded.</div>')
-    return f'<div class="sd-banner sd-error">The model failed to load: {html.escape(str(job.error))}</div>'
+        return notices + ('<div class="sd-banner sd-loading">Loading the model… The UI is ready to use; jobs start '
+                          'as soon as the model is loaded.</div>')
+    return notices + f'<div class="sd-banner sd-error">The model failed to load: {html.escape(str(job.error))}</div>'
 
 
 def _quick_setting(ctx: UiContext, name: str):
