@@ -76,13 +76,7 @@ class Settings:
 
     def valid_overrides(self, values: dict) -> dict:
         """The entries of ``values`` that are valid overrides, each checked on its own; the rest are left out."""
-        valid = {}
-        for name, value in values.items():
-            try:
-                valid.update(_validated({name: value}))
-            except ValueError:
-                continue
-        return valid
+        return _valid_each(values)[0]
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -106,6 +100,17 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in fields(Settings)}
+
+
+def _valid_each(values: dict) -> tuple[dict, list[str]]:
+    """The entries of ``values`` that are valid, each checked on its own, and why each of the others is not."""
+    valid, problems = {}, []
+    for name, value in values.items():
+        try:
+            valid.update(_validated({name: value}))
+        except ValueError as e:
+            problems.append(str(e))
+    return valid, problems
 
 
 def _validated(values: dict) -> dict:
@@ -163,17 +168,12 @@ class SettingsStore:
         self.notices: list[str] = []
         raw = self._read()
         self.extra = {k: v for k, v in raw.items() if k not in _FIELDS}  # extensions' or newer versions' options
-        known = {}
-        for name, value in ((k, v) for k, v in raw.items() if k in _FIELDS):
-            try:
-                known.update(_validated({name: value}))
-            except ValueError as e:
-                self._notice(f"{self.path.name}: {e}; the default is used")
+        known, problems = _valid_each({k: v for k, v in raw.items() if k in _FIELDS})
+        for problem in problems:
+            message = f"{self.path.name}: {problem}; the default is used"
+            log.warning("%s", message)
+            self.notices.append(message)
         self.current = Settings().with_overrides(known)
-
-    def _notice(self, message: str) -> None:
-        log.warning("%s", message)
-        self.notices.append(message)
 
     def _read(self) -> dict:
         try:

@@ -372,8 +372,8 @@ def build_generation_tab(ctx: UiContext, kind: str, size: tuple[int, int]) -> Ge
             tab.negative_prompt = _prompt_box(ctx, kind, "neg_prompt", "Negative prompt",
                                               "What to avoid in the image", 3)
         with gr.Column(scale=3, min_width=240, elem_classes="sd-actions"):
-            tab.fields["prompt"], tab.fields["negative_prompt"] = tab.prompt, tab.negative_prompt
             read_params = _action_buttons(ctx, tab)
+    tab.fields["prompt"], tab.fields["negative_prompt"] = tab.prompt, tab.negative_prompt
     with gr.Row(equal_height=False):
         with gr.Column(scale=1, elem_id=f"{kind}_settings"):
             if kind == "img2img":

@@ -37,8 +37,9 @@ def _inline_script(js: str) -> str:
 
 
 def page_assets(state, tooltips: dict[str, str], boot_id: str) -> PageAssets:
-    """Stylesheet, the page script (Ctrl+Enter, card clicks, tooltips, remembered prompts) and the theme, plus the
-    extensions' own. ``boot_id`` identifies this server process (the page reloads when it changes on restart)."""
+    """Stylesheet (with the icons'), the page scripts (:data:`PAGE_SCRIPTS`, after the page data: boot id, tooltips,
+    ``--theme``) and the Gradio theme, plus the extensions' own. ``boot_id`` identifies this server process (the
+    page reloads when it changes on restart)."""
     ext_js, ext_css = ui_assets(state)
     scripts = [(STATIC / name).read_text(encoding="utf-8") for name in PAGE_SCRIPTS]
     data = json.dumps(tooltips)
@@ -144,11 +145,10 @@ def build_ui(state, startup_job=None, restarter: Restarter | None = None) -> tup
         timer.tick(tick, None, [bar.status, *([bar.checkpoint] if bar.checkpoint else []), timer],
                    show_progress="hidden", queue=False)
         folders = [t.folder_button for t in ctx.tabs.values()]
-        local = lambda request: is_local(request) and not state.options.server.share  # noqa: E731 - shared: proxied
-
         def on_load(request: gr.Request):
+            local = is_local(request) and not state.options.server.share  # a shared link arrives from 127.0.0.1
             return [*settings_values(), top_bar.status_html(ctx), *bar.values(ctx),
-                    gr.Timer(active=not ctx.model_ready), *[gr.update(visible=local(request))] * len(folders)]
+                    gr.Timer(active=not ctx.model_ready), *[gr.update(visible=local)] * len(folders)]
 
         demo.load(on_load, None, [*settings_components, bar.status, *bar.settings.values(), timer, *folders],
                   show_progress="hidden", queue=False)

@@ -8,18 +8,6 @@
   const REPEAT_MS = 500;
   const timers = {};  // kind -> the repeating timer while forever mode is on
 
-  const style = document.createElement("style");
-  style.textContent = ".sd-context-menu { position: fixed; z-index: 1000; min-width: 12rem; padding: 4px 0;" +
-    " background: var(--background-fill-primary); color: var(--body-text-color);" +
-    " border: 1px solid var(--border-color-primary); border-radius: var(--radius-md);" +
-    " box-shadow: var(--shadow-drop-lg); }\n" +
-    ".sd-context-menu button { display: block; width: 100%; padding: 6px 12px; border: 0; background: none;" +
-    " color: inherit; font: inherit; text-align: left; cursor: pointer; }\n" +
-    ".sd-context-menu button:hover:enabled, .sd-context-menu button:focus-visible {" +
-    " background: var(--background-fill-secondary); outline: none; }\n" +
-    ".sd-context-menu button:disabled { opacity: 0.5; cursor: default; }";
-  document.head.appendChild(style);
-
   function tick(kind) {
     const progress = document.getElementById(kind + "_progress");
     if (!(progress && progress.querySelector(".sd-progress"))) document.getElementById(kind + "_generate").click();
