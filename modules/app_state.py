@@ -1,7 +1,8 @@
 """The one explicit application state, created at start and passed to whatever needs it."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .cmd_args import LaunchOptions
@@ -10,11 +11,13 @@ from .hashing import HashCache
 from .hooks import HookRegistry
 from .job_queue import JobQueue
 from .models.catalog import CheckpointCatalog, CheckpointInfo, VaeCatalog
+from .models.failures import CheckpointFailures
 from .models.manager import ModelManager
 from .networks.active import ActiveNetworks
 from .settings import SettingsStore
 
 DEMO_CHECKPOINT = "demo-shapes.safetensors"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -29,7 +32,9 @@ class AppState:
     hooks: HookRegistry
     networks: ActiveNetworks
     queue: JobQueue
+    failures: CheckpointFailures
     extensions: object = None  # modules.extensions.Extensions, set by modules.extensions.load_extensions
+    notices: list[str] = field(default_factory=list)  # what the start did about a problem, shown in the page
 
     @property
     def styles_path(self) -> Path:
@@ -44,13 +49,15 @@ def create_state(options: LaunchOptions) -> AppState:
     extra = [options.ckpt] if options.ckpt else []
     checkpoints = CheckpointCatalog([options.ckpt_dir], hashes, options.allow_pickle, extra)
     vaes = VaeCatalog(options.vae_dir, options.allow_pickle)
-    settings = SettingsStore(options.config_path)
+    settings = SettingsStore(options.config_path, options.allowed_output_roots)
     models = ModelManager(checkpoints, vaes, plan, options.allow_pickle, settings.current.sd_checkpoints_limit)
     embedding_dirs = [options.embeddings_dir, options.ckpt_dir.parent / "embeddings"]
     networks = ActiveNetworks(options.lora_dir, embedding_dirs, hashes, options.allow_pickle)
     models.on_released.append(networks.forget)
     models.on_loaded.append(lambda model: hashes.prefetch(model.source) if model.source.is_file() else None)
-    return AppState(options, plan, hashes, checkpoints, vaes, models, settings, HookRegistry(), networks, JobQueue())
+    failures = CheckpointFailures(options.data_dir / "checkpoint-failures.json")
+    return AppState(options, plan, hashes, checkpoints, vaes, models, settings, HookRegistry(), networks, JobQueue(),
+                    failures)
 
 
 def default_checkpoint(state: AppState) -> CheckpointInfo | None:
@@ -69,3 +76,27 @@ def startup_checkpoint(state: AppState) -> CheckpointInfo | None:
     wanted = state.settings.current.sd_model_checkpoint
     chosen = state.checkpoints.find(wanted) if wanted and not state.options.ckpt else None
     return chosen or default_checkpoint(state)
+
+
+def avoid_failed_checkpoint(state: AppState) -> str | None:
+    """When the checkpoint this start would load failed on every job since it last worked (NaN/inf output, load
+    errors: :class:`~modules.models.failures.CheckpointFailures`), choose another one for this start: the first
+    that has not failed, the bundled demo last. Without one, or with ``--ckpt``, it stays. The notice is logged
+    loudly, kept in :attr:`AppState.notices` and returned."""
+    chosen = startup_checkpoint(state)
+    reason = state.failures.reason(chosen) if chosen is not None else None
+    if reason is None:
+        return None
+    items = state.checkpoints.items()
+    candidates = [] if state.options.ckpt else sorted(items, key=lambda i: i.path.name == DEMO_CHECKPOINT)
+    fallback = next((i for i in candidates if i != chosen and state.failures.reason(i) is None), None)
+    failed = f"{chosen.filename} failed on its last jobs ({reason})"
+    if fallback is None:
+        why = "it was given with --ckpt" if state.options.ckpt else "no other checkpoint works"
+        notice = f"{failed}; it is loaded again because {why}"
+    else:
+        state.settings.update({"sd_model_checkpoint": fallback.filename})
+        notice = f"{failed}; starting with {fallback.filename} instead (choose it again to retry)"
+    log.error("%s", notice)
+    state.notices.append(notice)
+    return notice

@@ -43,6 +43,8 @@ class ServerOptions:
     insecure: bool = False
     cors_allow_origins: str | None = None
     theme: str | None = None  # "light" or "dark"; None: the browser's colour scheme
+    remote_max_pixels: int | None = None  # width × height cap for clients on other machines; None: no cap
+    remote_max_steps: int | None = None  # sampling steps cap for clients on other machines; None: no cap
 
     @property
     def host(self) -> str:
@@ -73,6 +75,7 @@ class LaunchOptions:
     allow_pickle: bool
     server: ServerOptions = ServerOptions()
     controlnet_dir: Path | None = None  # None: models/ControlNet beside the checkpoint folder
+    allowed_output_roots: tuple[Path, ...] = ()  # folders besides data_dir that clients may name as output folders
 
     @property
     def config_path(self) -> Path:
@@ -112,8 +115,18 @@ def _existing_file(value: str) -> Path:
     return path.resolve()
 
 
+def _positive(value: str) -> int:
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value!r}")
+    return int(value)
+
+
 def _directory(value: str) -> Path:
     return Path(value).expanduser().resolve()
+
+
+def _directories(value: str) -> list[Path]:
+    return [_directory(part) for part in value.split(",") if part.strip()]
 
 
 def build_parser(root: Path = REPO_ROOT, commands: Mapping[str, str] | None = None) -> argparse.ArgumentParser:
@@ -156,6 +169,9 @@ def build_parser(root: Path = REPO_ROOT, commands: Mapping[str, str] | None = No
     paths.add_argument("--data-dir", type=_directory, default=root / "data", metavar="DIR",
                        help="folder for settings (config.json), saved images (outputs/) and caches (cache/) "
                        "(default: data)")
+    paths.add_argument("--allowed-output-roots", type=_directories, action="extend", default=None,
+                       metavar="DIR[,DIR]", help="folders besides the data folder that the Settings tab and API "
+                       "clients may choose as output folders (comma-separated; may be repeated)")
 
     compute = parser.add_argument_group("precision and memory")
     compute.add_argument("--no-half", action="store_true",
@@ -204,6 +220,11 @@ def build_parser(root: Path = REPO_ROOT, commands: Mapping[str, str] | None = No
     server.add_argument("--theme", choices=THEMES, default=None,
                         help="open the web UI in this theme (default: the browser's; ?__theme= in the URL overrides "
                         "it)")
+    server.add_argument("--remote-max-pixels", type=_positive, default=None, metavar="N",
+                        help="refuse jobs over N pixels (width × height, hires fix's target too) from clients on "
+                        "other machines (default: no cap)")
+    server.add_argument("--remote-max-steps", type=_positive, default=None, metavar="N",
+                        help="refuse jobs over N sampling steps from clients on other machines (default: no cap)")
 
     parser.add_argument("command", nargs="?", default=None, help=argparse.SUPPRESS)
     parser.add_argument("command_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -244,6 +265,7 @@ def options_from_namespace(ns: argparse.Namespace) -> LaunchOptions:
         device=None if ns.device == "auto" else ns.device,
         allow_pickle=ns.allow_pickle,
         controlnet_dir=ns.controlnet_dir,
+        allowed_output_roots=tuple(ns.allowed_output_roots or ()),
         server=ServerOptions(
             port=ns.port, listen=ns.listen, server_name=ns.server_name, share=ns.share, gradio_auth=ns.gradio_auth,
             gradio_auth_path=ns.gradio_auth_path, api=ns.api or ns.nowebui, api_auth=ns.api_auth,
@@ -251,5 +273,6 @@ def options_from_namespace(ns: argparse.Namespace) -> LaunchOptions:
             tls_keyfile=ns.tls_keyfile, tls_certfile=ns.tls_certfile,
             enable_insecure_extension_access=ns.enable_insecure_extension_access, autolaunch=ns.autolaunch,
             insecure=ns.insecure, cors_allow_origins=ns.cors_allow_origins, theme=ns.theme,
+            remote_max_pixels=ns.remote_max_pixels, remote_max_steps=ns.remote_max_steps,
         ),
     )

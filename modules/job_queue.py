@@ -1,10 +1,16 @@
-"""One FIFO queue in front of the model: UI and API jobs run one at a time, in order of arrival.
+"""The queue in front of the model: UI and API jobs run one at a time, taking turns between users.
+
+Each job belongs to the user who submitted it (:func:`modules.requester.current`; "" for local use and servers
+without logins). Waiting jobs start in round robin between users, each user's own in order of arrival: the next
+job is that of the user whose last job started longest ago (a user not served yet goes first), so one user's ten
+jobs delay another user's job by at most one. With a single user this is plain FIFO.
 
 ``submit`` returns a :class:`Job` at once; its ``progress`` is readable while it waits and runs, and ``wait()``
 gives the result (or raises the job's error). ``interrupt`` on a job affects only that job.
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import traceback
@@ -12,15 +18,18 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from . import requester
 from .processing.progress import JobProgress
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(eq=False)  # a job is equal only to itself
 class Job:
     work: Callable[[JobProgress], object]
     label: str = "job"
+    user: str = ""  # who submitted it; the queue takes turns between users
+    arrival: int = 0  # order of submission
     progress: JobProgress = field(default_factory=JobProgress)
     result: object = None
     error: BaseException | None = None
@@ -53,48 +62,77 @@ class Job:
 
 class JobQueue:
     def __init__(self):
-        self._pending: deque[Job] = deque()
+        self._pending: dict[str, deque[Job]] = {}  # user -> waiting jobs in order of arrival; never empty
+        self._last_start: dict[str, int] = {}  # user -> number of the turn their last job started in
+        self._turns = itertools.count()
+        self._arrivals = itertools.count()
         self._cond = threading.Condition()
         self.current: Job | None = None
         self._thread = threading.Thread(target=self._worker, name="job-queue", daemon=True)
         self._thread.start()
 
     def submit(self, work: Callable[[JobProgress], object], label: str = "job") -> Job:
-        job = Job(work, label)
+        """Queue ``work`` for the requester of the current request (:func:`modules.requester.current`)."""
         with self._cond:
-            self._pending.append(job)
+            job = Job(work, label, requester.current().user, next(self._arrivals))
+            self._pending.setdefault(job.user, deque()).append(job)
             self._cond.notify()
         return job
 
+    def _rotation(self) -> list[str]:
+        """Users with waiting jobs, next first: whose last job started longest ago (never: first), then arrival."""
+        return sorted(self._pending, key=lambda u: (self._last_start.get(u, -1), self._pending[u][0].arrival))
+
+    def _order(self) -> list[Job]:
+        """The waiting jobs in the order they will start if no other job arrives."""
+        rotation = deque(self._rotation())
+        queues = {user: deque(self._pending[user]) for user in rotation}
+        order = []
+        while rotation:
+            user = rotation.popleft()
+            order.append(queues[user].popleft())
+            if queues[user]:
+                rotation.append(user)
+        return order
+
     def position(self, job: Job) -> int:
-        """0 while running (or done), else the number of jobs ahead of it including the running one."""
+        """0 while running (or done), else the number of jobs that start before it, the running one included."""
         with self._cond:
-            try:
-                return self._pending.index(job) + (1 if self.current is not None else 0) + 1
-            except ValueError:
+            if job not in self._pending.get(job.user, ()):
                 return 0
+            return self._order().index(job) + (1 if self.current is not None else 0) + 1
 
     @property
     def waiting(self) -> int:
         with self._cond:
-            return len(self._pending)
+            return sum(len(jobs) for jobs in self._pending.values())
 
     def find(self, job_id: str) -> Job | None:
         with self._cond:
             if self.current is not None and self.current.id == job_id:
                 return self.current
-            return next((j for j in self._pending if j.id == job_id), None)
+            return next((j for jobs in self._pending.values() for j in jobs if j.id == job_id), None)
 
     def run_exclusive(self, fn: Callable[[], object], label: str = "task"):
         """Run ``fn`` in the queue's turn (e.g. a model switch from the settings) and return its result."""
         return self.submit(lambda progress: fn(), label).wait()
+
+    def _take(self) -> Job:
+        """Remove and return the next job (the caller holds the lock; a job is waiting)."""
+        user = self._rotation()[0]
+        jobs = self._pending[user]
+        job = jobs.popleft()
+        if not jobs:
+            del self._pending[user]
+        self._last_start[user] = next(self._turns)
+        return job
 
     def _worker(self) -> None:
         while True:
             with self._cond:
                 while not self._pending:
                     self._cond.wait()
-                job = self._pending.popleft()
+                job = self._take()
                 self.current = job
             try:
                 if job.progress.control.interrupted:

@@ -12,7 +12,10 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from . import requester
 from .hooks import HookRegistry
+from .processing.params import ParamError
+from .remote_limits import PassSize, RemoteLimits
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,16 @@ class Script:
         signature.
         """
         return None
+
+    def planned_jobs(self, state, params, args: dict, alwayson: dict) -> list[tuple[object, dict]]:
+        """Selectable scripts: the jobs :meth:`run` would make, as (params, always-on arguments by title), so that
+        checks made before queueing (the remote limits) see each of them; default: the request itself."""
+        return [(params, alwayson)]
+
+    def extra_passes(self, params, args: dict) -> list[PassSize]:
+        """Always-on scripts: the sampling passes this script adds to a job of ``params`` (hires fix: its second
+        pass at the target size), for the remote limits; default: none."""
+        return []
 
     def previews(self, kind: str) -> list["Preview"]:
         """Preview buttons shown under the controls in the panel (e.g. a preprocessed map)."""
@@ -307,8 +320,41 @@ def run_generation(state, params, progress=None, script_name: str | None = None,
     return _execute(state, params, progress, _plan(state, params, script_name, script_args, alwayson))
 
 
+def _planned_jobs(state, params, plan: _Plan) -> list[tuple[object, dict]]:
+    """Every job the request makes: (params, always-on arguments by title)."""
+    if plan.selected is None:
+        return [(params, plan.request_alwayson)]
+    return plan.selected.planned_jobs(state, params, plan.selected_args, plan.request_alwayson)
+
+
+def _check_image_count(state, jobs: list[tuple[object, dict]]) -> None:
+    """All the request's jobs together make at most the ``limit_images_per_request`` setting's images (ParamError)."""
+    limit = state.settings.current.limit_images_per_request
+    images = sum(int(p.batch_size) * int(p.n_iter) for p, _ in jobs)
+    if images > limit:
+        where = f" in {len(jobs)} jobs" if len(jobs) > 1 else ""
+        raise ParamError("n_iter", f"the request makes {images} images{where} (batch count × batch size); at most "
+                                   f"{limit} (setting limit_images_per_request)")
+
+
+def _check_remote_limits(state, jobs: list[tuple[object, dict]]) -> None:
+    """For a remote requester: every pass of every job the request makes within ``--remote-max-*`` (ParamError)."""
+    limits = RemoteLimits.from_options(state.options.server)
+    if not limits.applies_to(requester.current()):
+        return
+    for job_params, alwayson in jobs:
+        passes = [PassSize(job_params.width, job_params.height, job_params.steps)]
+        for script, args in _plan(state, job_params, None, None, alwayson).alwayson:
+            passes += script.extra_passes(job_params, args)
+        limits.check(passes)
+
+
 def submit(state, params, script_name: str | None = None, script_args=None, alwayson: dict | None = None):
-    """Check the scripts and arguments now (ValueError at once), then queue the job on ``state.queue``."""
+    """Check the scripts and arguments now (ValueError at once), the number of images, and for a remote client the
+    remote limits (:mod:`modules.remote_limits`); then queue the job on ``state.queue``."""
     plan = _plan(state, params, script_name, script_args, alwayson)
+    jobs = _planned_jobs(state, params, plan)
+    _check_image_count(state, jobs)
+    _check_remote_limits(state, jobs)
     label = plan.selected.title if plan.selected else params.kind
     return state.queue.submit(lambda progress: _execute(state, params, progress, plan), label)

@@ -11,8 +11,11 @@ import os
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
+
+from .output_folders import FOLDER_SETTINGS, check_folder
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,10 @@ class Settings:
     outdir_txt2img_grids: str = ""
     outdir_img2img_grids: str = ""
     outdir_save: str = ""  # the Save button's folder
+    # limits of one request (the owner's: a request's override_settings cannot change them)
+    limit_images_per_request: int = 1000  # batch count × batch size, times the cells of an X/Y/Z plot
+    limit_upload_pixels: int = 4096 * 4096  # one uploaded image, checked from its header before it is decoded
+    limit_upload_pixels_total: int = 4 * 4096 * 4096  # all the images of one request together
     # user interface
     quicksettings_list: tuple[str, ...] = ("sd_model_checkpoint", "sd_vae", "CLIP_stop_at_last_layers")
 
@@ -100,6 +107,7 @@ class Settings:
 
 
 _FIELDS = {f.name: f for f in fields(Settings)}
+LIMIT_SETTINGS = tuple(name for name in _FIELDS if name.startswith("limit_"))
 
 
 def _valid_each(values: dict) -> tuple[dict, list[str]]:
@@ -149,6 +157,9 @@ def _validated(values: dict) -> dict:
     for name in ("eta_ancestral", "eta_ddim"):
         if out.get(name, 0.0) < 0:
             raise ValueError(f"setting {name!r} must be >= 0")
+    for name in LIMIT_SETTINGS:
+        if out.get(name, 1) < 1:
+            raise ValueError(f"setting {name!r} must be >= 1")
     if out.get("s_min_uncond", 0.0) < 0:
         raise ValueError("setting 's_min_uncond' must be >= 0")
     return out
@@ -160,10 +171,14 @@ class SettingsStore:
     Nothing stored is lost silently: a file that does not parse (or is not an object) is moved aside to
     ``config.json.broken-<time>`` before defaults are used, and an invalid value drops only its own key. Each such
     problem is logged and kept in :attr:`notices` for the UI to show.
+
+    Folder settings in ``config.json`` are trusted (the owner wrote them); new values from clients must name
+    folders inside the data folder (the one holding ``config.json``) or ``output_roots`` (:meth:`checked`).
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, output_roots: Sequence[Path] = ()):
         self.path = Path(path)
+        self.output_roots = tuple(output_roots)
         self._lock = threading.Lock()
         self.notices: list[str] = []
         raw = self._read()
@@ -196,9 +211,20 @@ class SettingsStore:
         self.notices.append(message)
         return {}
 
+    def checked(self, values: dict) -> Settings:
+        """The current settings with ``values`` from a client applied: checked as :meth:`Settings.with_overrides`
+        does, and each folder setting they change confined (:func:`modules.output_folders.check_folder`)."""
+        current = self.current
+        new = current.with_overrides(values)
+        for name in FOLDER_SETTINGS:
+            if getattr(new, name) != getattr(current, name):
+                check_folder(name, getattr(new, name), self.path.parent, self.output_roots)
+        return new
+
     def update(self, values: dict) -> Settings:
+        """Apply ``values`` from a client (:meth:`checked`; ValueError and nothing saved when refused) and save."""
         with self._lock:
-            self.current = self.current.with_overrides(values)
+            self.current = self.checked(values)
             self._save()
             return self.current
 

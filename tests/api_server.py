@@ -2,7 +2,7 @@
 
 ``python -m tests.api_server ROOT PORT [--small-limits] [server flags such as --api-auth u:p]`` builds the state
 (tiny SD1 checkpoints "tiny" and "tiny-b", both kept in RAM; a LoRA; a prompt style; the shipped extensions)
-under ROOT and serves ``/sdapi/v1`` with uvicorn,
+under ROOT and serves ``/sdapi/v1`` with uvicorn on 127.0.0.1 (on every address with ``--listen``),
 through ``webui.server.create_app`` (``--nowebui``) when that exists, else an app of the API router and
 ``install_security``. An extension-style route (``/test-extension/hello``) is added after the app is built, as
 extensions do in ``app_started``. ``--small-limits`` lowers the engine's size/steps/batch limits so that a fuzzer
@@ -39,7 +39,6 @@ def _write_lora(path: Path) -> None:
 
 
 def build_state(root: Path, server_flags: list[str]):
-    from modules.cmd_args import parse_command_line
     from modules.extensions import load_extensions
     from tests.engine_fixtures import make_state
 
@@ -47,9 +46,8 @@ def build_state(root: Path, server_flags: list[str]):
     if not config.exists():  # both tiny checkpoints stay in RAM: requests switching between them stay fast
         config.parent.mkdir(parents=True, exist_ok=True)
         config.write_text('{"sd_checkpoints_limit": 2}', encoding="utf-8")
-    state = make_state(root, FAMILIES, load="tiny")
-    server = parse_command_line(server_flags).options.server
-    state.options = dataclasses.replace(state.options, server=server, skip_install=True)
+    state = make_state(root, FAMILIES, load="tiny", flags=server_flags)
+    state.options = dataclasses.replace(state.options, skip_install=True)
     load_extensions(state)  # the shipped ones: hires fix, X/Y/Z plot
     lora = root / "models" / "Lora" / "tiny-lora.safetensors"
     if not lora.exists():
@@ -93,7 +91,7 @@ def main(argv: list[str]) -> None:
     state = build_state(root, ["--nowebui", *flags])
     app = build_app(state)
     app.add_api_route(EXTENSION_ROUTE, lambda: {"hello": "extension"}, methods=["GET"])
-    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+    uvicorn.run(app, host=state.options.server.host, port=port, log_level="warning")  # --listen: every address
 
 
 @contextlib.contextmanager

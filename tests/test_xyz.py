@@ -50,10 +50,10 @@ def test_value_syntax(xyz):
     assert xyz.split_values('Euler, "DPM++ 2M, odd", DDIM') == ["Euler", "DPM++ 2M, odd", "DDIM"]
     with pytest.raises(ValueError):
         xyz.expand_numbers("1-5 (-1)", int)
-    assert len(xyz.expand_numbers("1-500", int)) == xyz.MAX_AXIS_VALUES
+    assert len(xyz.expand_numbers("1-500", int, max_values=500)) == 500
     for huge in ("1-1000000000", "1-2 [300000000]", "1-10000000 (+1)", "1-400, 1-101"):
         with pytest.raises(ValueError, match="at most 500"):  # refused from its count: nothing is built
-            xyz.expand_numbers(huge, int)
+            xyz.expand_numbers(huge, int, max_values=500)
 
 
 def test_grid_layout_labels_and_each_cell_equals_the_single_run(state):

@@ -1,5 +1,8 @@
 """Application start: build the state, queue the default checkpoint's load, serve the web UI meanwhile.
 
+A checkpoint that failed on every job last time is not loaded again silently (``avoid_failed_checkpoint``), and
+what a save interrupted by a crash left in the output folders is removed in a thread (``clean_after_crash``).
+
 Start-up order matters on a machine with few cores: the cheap refusal checks come before any heavy import, and the
 web UI's packages (gradio, fastapi, uvicorn) are imported in a thread while the main thread imports the engine
 (torch) and builds the state.
@@ -39,7 +42,11 @@ def start_model_load(state, after: threading.Event | None = None, wait_s: float 
             raise ModelFileError(f"no checkpoint found in {options.ckpt_dir}: put a .safetensors checkpoint there "
                                  "(or pass --ckpt)")
         progress.textinfo = f"loading {info.filename}"
-        model = state.models.load(info)
+        try:
+            model = state.models.load(info)
+        except ModelFileError as e:
+            state.failures.failed(info, str(e))
+            raise
         if state.settings.current.sd_vae != state.models.vae_choice:
             try:
                 state.models.set_vae(state.settings.current.sd_vae)
@@ -76,14 +83,18 @@ def main(options: LaunchOptions) -> int:
         return 2
     if not options.server.nowebui:
         _import_ahead(UI_MODULES)
-    from modules.app_state import create_state
+    from modules.app_state import avoid_failed_checkpoint, create_state
     from modules.extensions import load_extensions
+    from modules.processing.debris import clean_after_crash
 
     from .restart import Restarter, exec_again
     from .server import serve
 
+    started = time.time()
     state = create_state(options)
     load_extensions(state)
+    avoid_failed_checkpoint(state)
+    threading.Thread(target=clean_after_crash, args=(state, started), name="clean-outputs", daemon=True).start()
     log.info("device %s, weights %s, VAE %s, offload %s", state.plan.device, state.plan.dtype, state.plan.vae_dtype,
              state.plan.offload)
     listening = threading.Event()

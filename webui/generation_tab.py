@@ -10,18 +10,27 @@ from pathlib import Path
 
 import gradio as gr
 
+from modules import requester
 from modules.image_io import save_image
+from modules.output_folders import OutputFolderError, make_folder
 from modules.processing.outputs import zip_images
 from modules.processing.params import MAX_BATCH_SIZE, MAX_SIZE, MAX_STEPS, MIN_SIZE
-from modules.prompts.styles import PromptStyle, apply_styles, load_styles, save_style
+from modules.processing.saving import is_unsaved_warning, refusal
 from modules.prompts.network_tags import extract_network_tags
+from modules.prompts.styles import PromptStyle, apply_styles, load_styles, save_style
 from modules.sampling.registry import sampler_names, schedule_labels
 from webui import extra_networks, img2img_inputs, script_controls
 from webui.context import UiContext
 from webui.icons import icon_button
-from webui.notices import user_error
-from webui.params_fields import (INPAINT_AREAS, MASK_MODES, MASKED_CONTENT, RESIZE_MODES, build_params,
-                                 looks_like_infotext)
+from webui.notices import user_error, user_warning
+from webui.params_fields import (
+    INPAINT_AREAS,
+    MASK_MODES,
+    MASKED_CONTENT,
+    RESIZE_MODES,
+    build_params,
+    looks_like_infotext,
+)
 from webui.progress_html import info_html, progress_html
 
 POLL_SECONDS = 0.25
@@ -247,8 +256,17 @@ def _output_panel(ctx: UiContext, tab: GenerationTab):
             raise user_error("No image to save yet")
         i = min(out.selected, len(out.images) - 1)
         folder_path = ctx.state.settings.current.output_dir("save", ctx.state.options.data_dir)
-        path = save_image(out.images[i], folder_path / f"{time.strftime('%Y%m%d-%H%M%S')}-{out.seeds[i]}.png",
-                          infotext=out.infotexts[i])
+        try:
+            make_folder(folder_path)
+        except OutputFolderError as e:
+            raise user_error(str(e)) from None
+        try:
+            path = save_image(out.images[i], folder_path / f"{time.strftime('%Y%m%d-%H%M%S')}-{out.seeds[i]}.png",
+                              infotext=out.infotexts[i])
+        except OSError as e:
+            if (reason := refusal(e)) is None:
+                raise
+            raise user_error(f"{reason}: image not saved ({folder_path})") from None
         gr.Info(f"Saved {Path(path).name}")
 
     def open_folder(request: gr.Request):
@@ -274,7 +292,12 @@ def is_local(request: gr.Request | None) -> bool:
 def open_in_file_browser(folder: Path, wait_s: float = 3) -> str:
     """Open ``folder`` in the system's file browser; what went wrong, or "" when it opened (or is still
     starting after ``wait_s``)."""
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        make_folder(folder)
+    except OutputFolderError as e:
+        return str(e)
+    except OSError as e:
+        return f"Cannot create {folder} ({e.strerror or e})"
     opener = {"darwin": "open", "win32": "explorer"}.get(sys.platform, "xdg-open")
     try:
         process = subprocess.Popen([opener, str(folder)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -294,9 +317,10 @@ def _run(ctx: UiContext, tab: GenerationTab, data: dict, request: gr.Request, sc
     values = {name: data[comp] for name, comp in f.items()}
     out = ctx.outputs.get(request.session_hash, kind)
     try:
-        extra = tab.inputs.job_inputs(data) if tab.inputs else {}
+        extra = tab.inputs.job_inputs(data, ctx.state.settings.current.limit_upload_pixels) if tab.inputs else {}
         params = build_params(kind, values, extra)
-        job = script_controls.submit(ctx.state, params, script_ui, data)
+        with requester.acting_as(requester.from_gradio(request)):  # the queue's turns, the remote limits
+            job = script_controls.submit(ctx.state, params, script_ui, data)
     except ValueError as e:
         yield {tab.info: info_html("", error=str(e)), tab.progress: ""}
         return
@@ -328,6 +352,8 @@ def _run(ctx: UiContext, tab: GenerationTab, data: dict, request: gr.Request, sc
     out.seeds, out.subseeds, out.selected = list(result.seeds), list(result.subseeds), 0
     warnings = list(result.warnings) + (["Interrupted: the images finished so far are kept"]
                                         if result.interrupted else [])
+    for line in filter(is_unsaved_warning, warnings):
+        user_warning(line)
     first = result.infotexts[0] if result.infotexts else ""
     grid = result.grid if result.grid is not None and not any(i is result.grid for i in result.images) else None
     gallery = ([grid] if grid is not None else []) + list(result.images)  # a script's grid may lead its images

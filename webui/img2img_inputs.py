@@ -61,8 +61,9 @@ class Img2ImgInputs:
         return {self.mode, self.image, self.sketch, self.inpaint, self.inpaint_sketch, self.upload_image,
                 self.upload_mask, self.resize_by, self.use_scale}
 
-    def job_inputs(self, data: dict) -> dict:
-        """``init_images``, ``mask`` (and the size for Resize by) for the selected sub-tab; ValueError if missing."""
+    def job_inputs(self, data: dict, max_pixels: int) -> dict:
+        """``init_images``, ``mask`` (and the size for Resize by) for the selected sub-tab; ValueError if missing or
+        larger than ``max_pixels``."""
         mode = data[self.mode]
         mask = None
         if mode == "img2img":
@@ -81,6 +82,9 @@ class Img2ImgInputs:
             raise ValueError(f"init_images: upload an image in the {mode} tab first")
         if mode in INPAINT_MODES and mask is None:
             raise ValueError("mask: draw or upload a mask (white = repaint) first")
+        if image.width * image.height > max_pixels:
+            raise ValueError(f"init_images: the {image.width}×{image.height} image has more than {max_pixels} pixels "
+                             "(Settings → Limits of a request)")
         image = image.convert("RGB")
         out = {"init_images": [image], "mask": mask}
         if data[self.use_scale]:

@@ -14,3 +14,10 @@ def user_error(message: str) -> gr.Error:
     answer an exception with HTTP 500)."""
     log.info("user error: %s", message)
     return gr.Error(message, print_exception=False)
+
+
+def user_warning(message: str) -> None:
+    """A warning toast for something that went wrong without stopping the action ("disk full: 2 images not saved
+    (…)"), shown for 30 s (a toast that stays until closed would pile up under Generate forever); call it from an
+    event handler. Logged where it happened, not here."""
+    gr.Warning(message, duration=30)

@@ -6,9 +6,8 @@ import os
 import secrets
 import socket
 import time
-from pathlib import Path
 
-from modules.api.security import install_security
+from modules.api.security import install_security, parse_credentials
 
 log = logging.getLogger("sdwebui")
 
@@ -18,24 +17,6 @@ GRACEFUL_SHUTDOWN_S = 3  # open pages keep event streams open; stop waiting for 
 
 class ExposureError(RuntimeError):
     """The server would be reachable from other machines without any credentials."""
-
-
-def parse_credentials(text: str | None, path: Path | None = None) -> list[tuple[str, str]]:
-    """``user:pass`` pairs from a comma-separated flag value and/or a file (commas or new lines between pairs)."""
-    chunks = [text or ""]
-    if path is not None:
-        chunks.append(Path(path).read_text(encoding="utf-8"))
-    pairs = []
-    for chunk in chunks:
-        for item in chunk.replace("\n", ",").split(","):
-            item = item.strip()
-            if not item:
-                continue
-            user, sep, password = item.partition(":")
-            if not sep or not user:
-                raise ValueError(f"credentials must be USER:PASS, got {item.split(':')[0]!r}:…")
-            pairs.append((user, password))
-    return pairs
 
 
 def check_exposure(server) -> str | None:
@@ -58,8 +39,8 @@ def check_exposure(server) -> str | None:
 
 
 def create_app(state, startup_job=None, restarter=None):
-    """One app: API router (--api), security middleware (auth, Origin/Host, CORS, body limit), the Gradio UI
-    (unless --nowebui), then the extensions' ``app_started`` callbacks.
+    """One app: API router (--api), security middleware (auth, Origin/Host, CORS, body limit), the extensions'
+    ``app_started`` callbacks (their routes), then the Gradio UI at "/" (unless --nowebui).
 
     ``startup_job`` is the queued model load started by the application; the page says "loading" until it is done.
     ``restarter`` (webui.restart.Restarter) lets the UI's restart buttons stop the server for a restart.
@@ -76,18 +57,22 @@ def create_app(state, startup_job=None, restarter=None):
 
         app.include_router(build_router(state))
     install_security(app, state)  # API auth, Host/Origin checks (cross-origin POSTs refused), CORS, body limit
+    if state.extensions is not None:
+        state.extensions.app_started(app)  # before the UI's mount at "/", which would answer every later path
     if not server.nowebui:
         import gradio as gr
+        from PIL import Image
+
+        # Gradio decodes uploads before a handler sees them; Pillow refuses over twice this many pixels
+        Image.MAX_IMAGE_PIXELS = state.settings.current.limit_upload_pixels
 
         from webui.ui import build_ui
 
         demo, assets = build_ui(state, startup_job, restarter)
-        auth = parse_credentials(server.gradio_auth, server.gradio_auth_path) or None
+        auth = list(parse_credentials(server.gradio_auth, server.gradio_auth_path, "--gradio-auth").items()) or None
         gr.mount_gradio_app(app, demo, path=server.subpath or "/", auth=auth, root_path=server.subpath or None,
                             css=assets.css, head=assets.head, theme=assets.theme, footer_links=["settings"],
                             allowed_paths=[str(state.options.outputs_dir)], show_error=True, ssr_mode=False)
-    if state.extensions is not None:
-        state.extensions.app_started(app)
     return app
 
 
@@ -102,8 +87,13 @@ def share_unavailable() -> str | None:
 
 
 def check_startup(server) -> str | None:
-    """Why the server must not start (exposed without credentials, --share offline), or None; logs the loud
-    --insecure warning. Cheap: call it before building the state."""
+    """Why the server must not start (exposed without credentials, credentials with an empty user or password,
+    --share offline), or None; logs the loud --insecure warning. Cheap: call it before building the state."""
+    try:
+        parse_credentials(server.gradio_auth, server.gradio_auth_path, "--gradio-auth")
+        parse_credentials(server.api_auth, server.api_auth_path, "--api-auth")
+    except (OSError, ValueError) as e:
+        return f"refusing to start: {e}"
     try:
         warning = check_exposure(server)
     except ExposureError as e:

@@ -50,6 +50,11 @@ SECTIONS: dict[str, dict[str, str]] = {
         "show_progress_type": "Live preview display mode (Auto: a VAE decode up to 128×128, a cheap approximation "
                               "above)",
     },
+    "Limits of a request": {
+        "limit_images_per_request": "Most images one request may make (batch count × batch size × X/Y/Z cells)",
+        "limit_upload_pixels": "Most pixels of one uploaded image (16777216 = 4096×4096)",
+        "limit_upload_pixels_total": "Most pixels of all the images uploaded with one request",
+    },
     "User interface": {
         "quicksettings_list": "Quicksettings list: settings shown in the bar above the tabs (restart to apply)",
     },

@@ -8,9 +8,9 @@ import gradio as gr
 
 from webui import restart
 from webui.context import UiContext
+from webui.notices import user_error
 from webui.script_controls import controls_ui
 from webui.setting_fields import KNOWN, SECTIONS, component, ui_value
-from webui.notices import user_error
 from webui.top_bar import current_checkpoint, switch_checkpoint, switch_vae
 
 
@@ -67,8 +67,8 @@ def build(ctx: UiContext):
             state.settings.update({k: v for k, v in changes.items() if k in core})
             if extensions is not None:
                 extensions.set_options({k: v for k, v in changes.items() if k not in core})
-        except ValueError as e:
-            return [f'<div class="sd-error">{e}</div>', *values()]
+        except ValueError as e:  # a refused value: shown; the fields keep what the user typed
+            raise user_error(str(e)) from None
         if "sd_model_checkpoint" in special:
             switch_checkpoint(ctx, special["sd_model_checkpoint"])
         if "sd_vae" in special:

@@ -67,10 +67,12 @@ def switch_vae(ctx: UiContext, choice: str) -> str:
 
 
 def status_html(ctx: UiContext) -> str:
-    """What the settings file lost at start (if anything), then the loading banner while the start-up model load
-    runs, or its error if it failed."""
+    """What the settings file lost at start and what the start did about a failed checkpoint (if anything), then
+    the loading banner while the start-up model load runs, or its error if it failed."""
     notices = "".join(f'<div class="sd-banner sd-error sd-settings-notice">Settings: {html.escape(n)}</div>'
                       for n in ctx.state.settings.notices)
+    notices += "".join(f'<div class="sd-banner sd-error sd-start-notice">{html.escape(n)}</div>'
+                       for n in ctx.state.notices)
     job = ctx.startup_job
     if job is None or (job.done and job.error is None):
         return notices

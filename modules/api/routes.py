@@ -32,6 +32,7 @@ from modules.processing.image_ops import LATENT_UPSCALE_MODES
 from modules.processing.params import GenerationParams, Img2ImgParams, ParamError, Txt2ImgParams
 from modules.prompts.styles import load_styles
 from modules.sampling import registry
+from modules.settings import LIMIT_SETTINGS
 
 from . import models as m
 
@@ -40,8 +41,10 @@ log = logging.getLogger(__name__)
 PREFIX = "/sdapi/v1"
 PIXEL_UPSCALERS = ("None", "Lanczos", "Nearest")
 HIRES_TITLE = "Hires fix"
-# engine ParamError fields that are a choice among names (400), not a value out of range (422)
-_CHOICE_FIELDS = {"sampler_name", "scheduler", "sd_model_checkpoint", "override_settings", "styles"}
+# engine ParamError fields answered with 400 (a choice among names, unusable text, a cost refused), not 422 (a
+# number outside the range the request schema states)
+_BAD_REQUEST_FIELDS = {"sampler_name", "scheduler", "sd_model_checkpoint", "override_settings", "styles", "prompt",
+                       "negative_prompt", "seed_resize_from_w", "seed_resize_from_h"}
 _SECRET_FLAGS = {"api_auth", "gradio_auth"}
 
 
@@ -93,8 +96,9 @@ class ApiRoute(APIRoute):
 
 # --- images ------------------------------------------------------------------------------------------------------
 
-def decode_image(data: str, field: str):
-    """A PIL image from base64 (optionally a ``data:`` URL); ApiError 400 naming ``field`` when it is not one."""
+def decode_image(data: str, field: str, max_pixels: int | None = None):
+    """A PIL image from base64 (optionally a ``data:`` URL); ApiError 400 naming ``field`` when it is not one, or
+    when its header says it has more than ``max_pixels`` pixels (checked before the pixels are decoded)."""
     from PIL import Image
 
     if not isinstance(data, str) or not data.strip():
@@ -106,13 +110,48 @@ def decode_image(data: str, field: str):
     except (binascii.Error, ValueError):
         raise ApiError(400, field, "invalid base64") from None
     try:
-        image = Image.open(io.BytesIO(raw))
+        image = Image.open(io.BytesIO(raw))  # reads the header only
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            raise ApiError(400, field, f"{image.width}×{image.height} image: more than {max_pixels} pixels "
+                                       "(setting limit_upload_pixels)")
         image.load()
-    except Image.DecompressionBombError:
-        raise ApiError(400, field, "image too large") from None
+    except ApiError:
+        raise
+    except Image.DecompressionBombError:  # Pillow's own limit (set from the setting when the UI is on)
+        raise ApiError(400, field, f"image too large: more than {max_pixels or Image.MAX_IMAGE_PIXELS} pixels "
+                                   "(setting limit_upload_pixels)") from None
     except Exception:  # noqa: BLE001 - PIL raises many kinds for corrupt data
         raise ApiError(400, field, "not a readable image") from None
     return image
+
+
+def decode_images(state, fields: dict[str, str]) -> dict:
+    """Decode the request's images ``{field: base64}`` within the upload limits: each image within
+    ``limit_upload_pixels``, all of them within ``limit_upload_pixels_total`` (checked before each is decoded)."""
+    settings = state.settings.current
+    left = settings.limit_upload_pixels_total
+    images = {}
+    for field, data in fields.items():
+        image = decode_image(data, field, min(settings.limit_upload_pixels, left))
+        left -= image.width * image.height
+        images[field] = image
+    return images
+
+
+def _check_text(value, field: str) -> None:
+    """ApiError 400 for a string anywhere in ``value`` that cannot be UTF-8 (a lone surrogate from JSON)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ApiError(400, field, f"invalid character at position {e.start} (a lone UTF-16 surrogate)") from None
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_text(key, field)
+            _check_text(item, f"{field}.{key}" if field else str(key))
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_text(item, f"{field}[{i}]")
 
 
 def encode_png(image, infotext: str | None = None) -> str:
@@ -189,10 +228,12 @@ def _pinned_checkpoint(state) -> str | None:
 
 def _overrides(state, req: m.GenerationRequest) -> dict:
     overrides = dict(req.override_settings or {})
+    if limits := sorted(set(overrides) & set(LIMIT_SETTINGS)):
+        raise ApiError(400, f"override_settings.{limits[0]}", "a limit of requests cannot be changed by a request")
     if isinstance(req, m.Img2ImgRequest) and req.initial_noise_multiplier is not None:
         overrides.setdefault("initial_noise_multiplier", req.initial_noise_multiplier)
     try:
-        state.settings.current.with_overrides(overrides)
+        state.settings.checked(overrides)
     except ValueError as e:
         raise ApiError(400, "override_settings", str(e)) from None
     wanted = overrides.get("sd_model_checkpoint")
@@ -248,8 +289,9 @@ def to_params(state, req: m.GenerationRequest) -> GenerationParams:
     if isinstance(req, m.Img2ImgRequest):
         if not req.init_images:
             raise ApiError(422, "init_images", "img2img needs at least one input image")
-        images = [decode_image(data, f"init_images[{i}]") for i, data in enumerate(req.init_images)]
-        mask = decode_image(req.mask, "mask") if req.mask else None
+        uploads = {f"init_images[{i}]": data for i, data in enumerate(req.init_images)}
+        decoded = decode_images(state, {**uploads, **({"mask": req.mask} if req.mask else {})})
+        images, mask = [decoded[name] for name in uploads], decoded.get("mask")
         params = Img2ImgParams(
             **common, init_images=images, resize_mode=req.resize_mode, denoising_strength=req.denoising_strength,
             image_cfg_scale=req.image_cfg_scale, mask=mask, mask_blur=req.mask_blur,
@@ -260,7 +302,7 @@ def to_params(state, req: m.GenerationRequest) -> GenerationParams:
     try:
         dataclasses.replace(params).validate()  # on a copy: the job's own validation reports the warnings
     except ParamError as e:
-        raise ApiError(400 if e.field in _CHOICE_FIELDS else 422, e.field, str(e).split(": ", 1)[-1]) from None
+        raise ApiError(400 if e.field in _BAD_REQUEST_FIELDS else 422, e.field, str(e).split(": ", 1)[-1]) from None
     return params
 
 
@@ -279,7 +321,7 @@ def _wait(job):
     try:
         return job.wait()
     except ParamError as e:
-        raise ApiError(400 if e.field in _CHOICE_FIELDS else 422, e.field, str(e).split(": ", 1)[-1]) from None
+        raise ApiError(400 if e.field in _BAD_REQUEST_FIELDS else 422, e.field, str(e).split(": ", 1)[-1]) from None
     except ModelFileError as e:
         raise ApiError(400, "sd_model_checkpoint", str(e)) from None
     except ValueError as e:
@@ -289,6 +331,7 @@ def _wait(job):
 
 def generate(state, req: m.GenerationRequest) -> dict:
     """Run a txt2img/img2img request through the queue and build A1111's response."""
+    _check_text(req.model_dump(), "")
     req = apply_infotext(state, req)
     params = to_params(state, req)
     result = _wait(_submit(state, params, req))
@@ -358,7 +401,7 @@ def set_options(state, values: dict) -> dict:
     known = {k: v for k, v in values.items() if k in names}
     ignored = sorted(k for k in values if k not in names)
     try:
-        state.settings.current.with_overrides(known)
+        state.settings.checked(known)
     except ValueError as e:
         raise ApiError(400, "options", str(e)) from None
     checkpoint = known.get("sd_model_checkpoint")
@@ -386,6 +429,8 @@ def set_options(state, values: dict) -> dict:
             state.settings.update(known)
     except ModelFileError as e:
         raise ApiError(400, "sd_model_checkpoint" if info is not None else "sd_vae", str(e)) from None
+    except ValueError as e:  # a folder refused by the store's own check (the stored values changed meanwhile)
+        raise ApiError(400, "options", str(e)) from None
     return {"updated": sorted(known), "ignored": ignored}
 
 
@@ -453,6 +498,8 @@ def cmd_flags(state) -> dict:
     def plain(value):
         if dataclasses.is_dataclass(value):
             return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
         return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
 
     flags = plain(state.options)
@@ -463,8 +510,8 @@ def cmd_flags(state) -> dict:
     return {**flags, **server}
 
 
-def png_info(data: str) -> dict:
-    image = decode_image(data, "image")
+def png_info(state, data: str) -> dict:
+    image = decode_image(data, "image", state.settings.current.limit_upload_pixels)
     text = read_infotext(image) or ""
     items = {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, (str, int, float))
              and k != PNG_INFOTEXT_KEY}
@@ -579,7 +626,7 @@ def build_router(state) -> APIRouter:
 
     @router.post("/png-info", response_model=m.PngInfoResponse)
     def post_png_info(req: m.PngInfoRequest):
-        return png_info(req.image)
+        return png_info(state, req.image)
 
     @router.post("/refresh-checkpoints")
     def refresh_checkpoints():

@@ -74,23 +74,32 @@ def _choice(value, choices: tuple[str, ...], name: str) -> str:
     raise ValueError(f"{name}: {value!r} is not one of {', '.join(choices)}")
 
 
-def decode_image(data):
-    """A PIL image from base64 text (optionally a ``data:`` URL), a ``{"image": …}`` dict or a PIL image."""
+def decode_image(data, max_pixels: int | None = None):
+    """A PIL image from base64 text (optionally a ``data:`` URL), a ``{"image": …}`` dict or a PIL image; one of more
+    than ``max_pixels`` pixels is refused from its header, before it is decoded."""
     from PIL import Image
 
     if data is None or isinstance(data, Image.Image):
         return data
     if isinstance(data, dict):
-        return decode_image(data.get("image"))
+        return decode_image(data.get("image"), max_pixels)
     if isinstance(data, (list, tuple)) and data:
-        return decode_image(data[0])
+        return decode_image(data[0], max_pixels)
     if not isinstance(data, str) or not data.strip():
         raise ValueError("input_image: expected a base64-encoded image")
     text = data.split(",", 1)[-1] if data.startswith("data:") else data
     try:
         raw = base64.b64decode(text.strip(), validate=True)
         image = Image.open(io.BytesIO(raw))
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            raise OverflowError
         image.load()
+    except Image.DecompressionBombError:
+        raise ValueError(f"input_image: image too large: more than {max_pixels or Image.MAX_IMAGE_PIXELS} pixels "
+                         "(setting limit_upload_pixels)") from None
+    except OverflowError:
+        raise ValueError(f"input_image: {image.width}×{image.height} image: more than {max_pixels} pixels "
+                         "(setting limit_upload_pixels)") from None
     except (binascii.Error, ValueError):
         raise ValueError("input_image: invalid base64") from None
     except Exception:  # noqa: BLE001 - PIL raises many kinds for corrupt data
@@ -115,11 +124,11 @@ def _flag(value, name: str) -> bool:
     return bool(value)
 
 
-def unit_from_dict(data: dict) -> ControlUnit:
+def unit_from_dict(data: dict, max_pixels: int | None = None) -> ControlUnit:
     """A unit from sd-webui-controlnet's API dict (unknown keys that change nothing here are ignored, as there).
 
     ``image`` is an alias of ``input_image``; ``guidance`` (old clients) sets the guidance end; enum values may be
-    given as text or index. Raises ValueError naming the field.
+    given as text or index; an image over ``max_pixels`` is refused. Raises ValueError naming the field.
     """
     if not isinstance(data, dict):
         raise ValueError(f"a ControlNet unit must be an object, got {type(data).__name__}")
@@ -142,7 +151,7 @@ def unit_from_dict(data: dict) -> ControlUnit:
         if data.get(name) is not None:
             kw[name] = data[name]
     image = data.get("input_image", data.get("image"))
-    kw["image"] = decode_image(image)
+    kw["image"] = decode_image(image, max_pixels)
     return ControlUnit(**kw).check()
 
 

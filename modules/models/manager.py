@@ -205,7 +205,7 @@ class ModelManager:
     # --- decoding ---------------------------------------------------------------------------------------------
 
     def decode(self, latents):
-        """VAE decode of unscaled latents ([-1, 1] images); retries in fp32 if a half-precision decode gives NaN."""
+        """VAE decode of unscaled latents ([-1, 1] images); retries in fp32 if a half-precision decode gives NaN/inf."""
         import torch
 
         model = self.current
@@ -213,9 +213,10 @@ class ModelManager:
         with self.offloader.use(vae):
             z = latents.to(vae.device, vae.dtype) / vae.config.scaling_factor
             images = vae.decode(z).sample
-            if vae.dtype != torch.float32 and torch.isnan(images).any():
+            if vae.dtype != torch.float32 and not torch.isfinite(images).all():
                 if not self._nan_warned:
-                    log.warning("VAE produced NaN in %s; decoding again in fp32 (start with --no-half-vae to avoid this)", vae.dtype)
+                    log.warning("VAE produced NaN/inf in %s; decoding again in fp32 (start with --no-half-vae to "
+                                "avoid this)", vae.dtype)
                     self._nan_warned = True
                 vae.to(torch.float32)
                 images = vae.decode(z.float()).sample

@@ -13,9 +13,11 @@ import torch
 
 from ..hooks import AfterCfg, AfterUnet, HookPoint, JobHooks, UnetCall
 from ..models.spec import Family
+from ..sampling import SamplingControl
 from ..sampling.discrete import DiscreteSchedule, c_in, denoised_from_output
 from ..text_encoding import Conditioning
 from .conditioning import ImageConds, at_step
+from .interrupt import stop_checks
 
 REFINER_AESTHETIC = (6.0, 2.5)  # positive, negative aesthetic score ids of the SDXL refiner
 
@@ -45,7 +47,7 @@ class CFGDenoiser:
     def __init__(self, model, schedule: DiscreteSchedule, conds: list[ImageConds], cfg_scale: float, hooks: JobHooks,
                  params, total_steps: int, empty: Conditioning, image_cond: torch.Tensor | None = None,
                  blend: InpaintBlend | None = None, size: tuple[int, int] = (512, 512), offloader=None,
-                 uncond_skip: UncondSkip = UncondSkip()):
+                 uncond_skip: UncondSkip = UncondSkip(), control: SamplingControl | None = None):
         self.model = model
         self.schedule = schedule
         self.conds = conds
@@ -59,6 +61,7 @@ class CFGDenoiser:
         self.size = size  # (height, width) for SDXL time ids
         self.offloader = offloader
         self.uncond_skip = uncond_skip
+        self.control = control  # the job's stop flags, checked inside the UNet call too (modules.processing.interrupt)
         self.step = 0
         self.use_uncond = not (self.cfg == 1.0 and all(c.plain for c in conds))
         self.prediction = "v_prediction" if model.spec.prediction == "v" else "epsilon"
@@ -112,7 +115,7 @@ class CFGDenoiser:
         if call.mid_residual is not None:
             kwargs["mid_block_additional_residual"] = call.mid_residual.to(dev, dtype)
         use = self.offloader.use(unet) if self.offloader else contextlib.nullcontext()
-        with use:
+        with use, stop_checks(unet, self.control):
             out = unet(call.x.to(dev, dtype), call.timestep.to(dev), encoder_hidden_states=call.context.to(dev, dtype),
                        added_cond_kwargs=added, **kwargs).sample
         return out.float()

@@ -20,15 +20,18 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ..output_folders import make_folder
+
 _NAMING_LOCK = threading.Lock()  # scan + reserve as one step within the process; O_EXCL guards across processes
 _MAX_TRIES = 1000
 
 
 def dated_folder(folder: Path, day: dt.date | None = None) -> Path:
     """``folder/YYYY-MM-DD`` (created); ``day`` defaults to today (local time). ``folder`` comes from
-    :meth:`modules.settings.Settings.output_dir` (A1111's layout unless the Paths settings say otherwise)."""
+    :meth:`modules.settings.Settings.output_dir` (A1111's layout unless the Paths settings say otherwise).
+    :class:`~modules.output_folders.OutputFolderError` (a ValueError) says why when it cannot be created."""
     dated = Path(folder) / (day or dt.date.today()).isoformat()
-    dated.mkdir(parents=True, exist_ok=True)
+    make_folder(dated)
     return dated
 
 

@@ -8,11 +8,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from modules.prompts.network_tags import extract_network_tags
+
 MIN_SIZE, MAX_SIZE = 64, 4096
 MAX_STEPS = 500
 MAX_BATCH_SIZE = 64
 MAX_N_ITER = 1000
 MAX_PIXELS_PER_BATCH = 2048 * 2048 * 8
+MAX_PROMPT_CHARS = 20_000  # a prompt's text; longer ones cost minutes of tokenising for nothing a model can use
+MAX_NETWORK_MULTIPLIER = 100.0  # |weight| of a <lora:…> tag; beyond it the weights overflow to inf
 
 
 class ParamError(ValueError):
@@ -56,6 +60,7 @@ class GenerationParams:
     def validate(self) -> list[str]:
         """Check limits (raises ParamError) and normalise sizes; returns warnings for the user."""
         warnings = []
+        _check_texts(self)
         for name in ("width", "height"):
             value = int(getattr(self, name))
             if not MIN_SIZE <= value <= MAX_SIZE:
@@ -78,6 +83,10 @@ class GenerationParams:
             raise ParamError("eta", f"{self.eta} is outside 0..10")
         if self.s_min_uncond is not None and not 0 <= float(self.s_min_uncond) <= 100:
             raise ParamError("s_min_uncond", f"{self.s_min_uncond} is outside 0..100")
+        for name in ("seed_resize_from_w", "seed_resize_from_h"):
+            value = int(getattr(self, name))
+            if value > 0 and not 8 <= value <= MAX_SIZE:
+                raise ParamError(name, f"{value} is outside 8..{MAX_SIZE} (0 or -1: off)")
         if not 0 <= float(self.subseed_strength) <= 1:
             raise ParamError("subseed_strength", f"{self.subseed_strength} is outside 0..1")
         if self.clip_skip is not None and not 1 <= int(self.clip_skip) <= 12:
@@ -87,6 +96,25 @@ class GenerationParams:
         if self.tiling:
             warnings.append("tiling is not supported yet; ignored")
         return warnings
+
+
+def _check_texts(params: GenerationParams) -> None:
+    """Prompts within :data:`MAX_PROMPT_CHARS`, encodable as UTF-8, with network tag weights in range."""
+    for name in ("prompt", "negative_prompt"):
+        text = getattr(params, name)
+        if not isinstance(text, str):
+            raise ParamError(name, f"must be text, got {type(text).__name__}")
+        if len(text) > MAX_PROMPT_CHARS:
+            raise ParamError(name, f"{len(text)} characters; at most {MAX_PROMPT_CHARS}")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise ParamError(name, f"invalid character at position {e.start} (a lone UTF-16 surrogate)") from None
+        for tag in extract_network_tags(text)[1]:
+            for weight in (tag.te_multiplier, tag.unet_multiplier):
+                if abs(weight) > MAX_NETWORK_MULTIPLIER:
+                    raise ParamError(name, f"{tag.text}: weight {weight:g} is outside "
+                                           f"-{MAX_NETWORK_MULTIPLIER:g}..{MAX_NETWORK_MULTIPLIER:g}")
 
 
 @dataclass

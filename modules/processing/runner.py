@@ -16,20 +16,30 @@ import torch
 
 from .. import infotext as infotext_mod
 from ..hooks import AfterDecode, BeforeSampling, BeforeSave, HookPoint, HookRegistry, InfotextFields, JobEnd, JobStart
-from ..image_io import save_image
 from ..models.safetensors_file import ModelFileError
 from ..models.spec import Family
 from ..prompts import extract_network_tags
 from ..prompts.styles import apply_styles, load_styles
-from ..sampling import DiscreteSchedule, NoiseSettings, ScheduleParams, SeededNoise, batch_seeds, make_sigmas, resolve, resolve_seed
+from ..sampling import (
+    DiscreteSchedule,
+    NoiseSettings,
+    ScheduleParams,
+    SeededNoise,
+    batch_seeds,
+    make_sigmas,
+    resolve,
+    resolve_seed,
+)
 from ..sampling.schedules import img2img_sigmas
 from ..text_encoding import PromptEncoder
 from . import image_ops, outputs
 from .conditioning import build_conds
 from .denoiser import CFGDenoiser, InpaintBlend, UncondSkip
+from .finite import NonFiniteOutput, check_finite
 from .latent_preview import full_decode
 from .params import GenerationParams, Img2ImgParams, ParamError
 from .progress import JobProgress
+from .saving import UnsavedImages
 
 log = logging.getLogger(__name__)
 VERSION = "sdwebui-0.1.0"
@@ -66,6 +76,7 @@ class _Job:
     progress: JobProgress
     result: JobResult
     extra_fields: dict
+    unsaved: UnsavedImages = field(default_factory=UnsavedImages)
 
 
 def run_job(state, params: GenerationParams, progress: JobProgress | None = None,
@@ -128,9 +139,11 @@ def run_job(state, params: GenerationParams, progress: JobProgress | None = None
     if len(result.images) > 1 and settings.grid_save and not params.do_not_save_grid:
         result.grid = outputs.make_grid(result.images)
         if settings.samples_save:
-            folder = outputs.dated_folder(settings.output_dir(f"{params.kind}-grids", state.options.data_dir))
-            result.grid_path = save_image(result.grid, outputs.next_grid_path(folder, settings.grid_format),
-                                          infotext=result.infotexts[0])
+            folder = settings.output_dir(f"{params.kind}-grids", state.options.data_dir)
+            result.grid_path = job.unsaved.save(result.grid, folder, lambda dated: outputs.next_grid_path(
+                dated, settings.grid_format), result.infotexts[0])
+    result.warnings.extend(job.unsaved.report())
+    state.failures.worked(state.models.current_info)
     result.info = _info(job, clip_skip)
     hooks.run(HookPoint.JOB_END, JobEnd(params, result))
     progress.finish()
@@ -149,6 +162,8 @@ def _select_model(state, settings):
         if settings.sd_vae != models.vae_choice:
             models.set_vae(settings.sd_vae)
     except ModelFileError as e:
+        if wanted and (info := models.catalog.find(wanted)) is not None:
+            state.failures.failed(info, str(e))
         raise ParamError("sd_model_checkpoint", str(e)) from None
     return models.current
 
@@ -214,7 +229,8 @@ def _run_batch(state, job: _Job, iteration: int, lo: int, hi: int, bar) -> None:
     before = BeforeSampling(p, x, sigmas, seeds, iteration, model)
     job.hooks.run(HookPoint.BEFORE_SAMPLING, before)
     denoiser = CFGDenoiser(model, job.schedule, conds, p.cfg_scale, job.hooks, p, len(before.sigmas) - 1, empty,
-                           image_cond, blend, (p.height, p.width), state.models.offloader, _uncond_skip(job))
+                           image_cond, blend, (p.height, p.width), state.models.offloader, _uncond_skip(job),
+                           progress.control)
     every = max(1, job.settings.show_progress_every_n_steps)
 
     def callback(info) -> None:
@@ -231,13 +247,30 @@ def _run_batch(state, job: _Job, iteration: int, lo: int, hi: int, bar) -> None:
                                         control=progress.control, **({} if eta is None else {"eta": eta}))
     if blend is not None:
         samples = init.latent * blend.keep + samples * (1 - blend.keep)
-    images = image_ops.tensor_to_pils(state.models.decode(samples))
+    _check_finite(state, samples, "sampling")
+    pixels = state.models.decode(samples)
+    _check_finite(state, pixels, "decoding")
+    images = image_ops.tensor_to_pils(pixels)
     if init is not None:
         images = [init.finish(img, i) for i, img in enumerate(images)]
     decoded = AfterDecode(images, seeds, p)
     job.hooks.run(HookPoint.AFTER_DECODE, decoded)
     for k, image in enumerate(decoded.images):
         _finish_image(state, job, lo + k, image)
+
+
+def _check_finite(state, values: torch.Tensor, stage: str) -> None:
+    """End the job with :class:`NonFiniteOutput` (logged, and counted against the checkpoint) when the result of
+    ``stage`` ("sampling" or "decoding") holds NaN/inf."""
+    models = state.models
+    dtype = models.plan.dtype if stage == "sampling" else models.plan.vae_dtype
+    try:
+        check_finite(values, stage, models.current_info.filename,
+                     models.vae_source.name if models.vae_source else None, dtype != torch.float32)
+    except NonFiniteOutput as e:
+        log.error("%s", e.message)
+        state.failures.failed(models.current_info, e.message)
+        raise
 
 
 def _preview(state, mode: str, latents: torch.Tensor):
@@ -401,9 +434,11 @@ def _finish_image(state, job: _Job, index: int, image) -> None:
     result.infotexts.append(save.infotext)
     job.progress.images.append(save.image)
     if job.settings.samples_save and not p.do_not_save_samples:
-        folder = outputs.dated_folder(job.settings.output_dir(p.kind, state.options.data_dir))
-        path = outputs.next_image_path(folder, result.seeds[index], job.settings.samples_format)
-        result.paths.append(save_image(save.image, path, infotext=save.infotext))
+        seed, ext = result.seeds[index], job.settings.samples_format
+        path = job.unsaved.save(save.image, job.settings.output_dir(p.kind, state.options.data_dir),
+                                lambda folder: outputs.next_image_path(folder, seed, ext), save.infotext)
+        if path is not None:
+            result.paths.append(path)
 
 
 def _model_fields(state, job: _Job) -> None:

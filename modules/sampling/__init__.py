@@ -12,10 +12,11 @@ See docs/samplers.md.
 from modules.sampling.discrete import DiscreteSchedule, ScheduleParams
 from modules.sampling.noise import NoiseSettings, SeededNoise, batch_seeds, resolve_seed
 from modules.sampling.registry import SAMPLERS, SCHEDULES, SamplerChoice, make_sigmas, resolve
-from modules.sampling.samplers import SamplingControl, StepInfo
+from modules.sampling.samplers import Interrupted, SamplingControl, StepInfo
 
 __all__ = [
     "DiscreteSchedule",
+    "Interrupted",
     "NoiseSettings",
     "SAMPLERS",
     "SCHEDULES",

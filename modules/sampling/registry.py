@@ -71,8 +71,16 @@ class SamplerInfo:
         return EtaDefault("eta_ancestral", "Eta", 1.0)
 
     def sample(self, model, x: torch.Tensor, sigmas: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        """Run the sampler with its fixed options; ``kwargs`` are the common sampler arguments (and overrides)."""
-        return self.function(model, x, sigmas, **{**self.options, **kwargs})
+        """Run the sampler with its fixed options; ``kwargs`` are the common sampler arguments (and overrides).
+
+        A model evaluation that raises :class:`~modules.sampling.samplers.Interrupted` ends it like a stop between
+        steps: the x the interrupted step started from is returned."""
+        try:
+            return self.function(model, x, sigmas, **{**self.options, **kwargs})
+        except samplers.Interrupted as e:
+            if e.x is None:
+                raise
+            return e.x
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,9 @@ Every sampler has the signature::
 - ``noise_sampler(sigma, sigma_next) -> tensor`` of x's shape: required by the stochastic samplers (ancestral, SDE,
   LCM, Restart, DDIM with eta > 0); see :class:`modules.sampling.noise.SeededNoise`.
 - ``control``: a :class:`SamplingControl`; when ``interrupted`` or ``skipped`` is set, the sampler returns the
-  current x at the start of the next step, before any further model evaluation.
+  current x at the start of the next step, before any further model evaluation. A model evaluation may also stop
+  inside itself by raising :class:`Interrupted`; it leaves the sampler carrying the x its step started from (what
+  a stop before that step returns), and ``SamplerInfo.sample`` returns that x.
 
 Nothing here keeps state between calls; the same inputs give the same outputs.
 """
@@ -48,6 +50,14 @@ class SamplingControl:
         return self.interrupted or self.skipped
 
 
+class Interrupted(Exception):
+    """Raised by a model evaluation cut short by ``control``; ``x`` is set to the x its sampling step started from."""
+
+    def __init__(self) -> None:
+        super().__init__("sampling interrupted inside a model evaluation")
+        self.x: torch.Tensor | None = None
+
+
 @dataclass(frozen=True)
 class StepInfo:
     """Progress of one sampling step, passed to ``callback``.
@@ -78,22 +88,31 @@ class _Run:
         self.extra_args = extra_args or {}
         self.callback = callback
         self.control = control
+        self.step_start = x  # the x the current step started from: its first model evaluation's
+        self._new_step = True
 
     def denoise(self, x: torch.Tensor, sigma: float | torch.Tensor) -> torch.Tensor:
+        if self._new_step:
+            self.step_start, self._new_step = x, False
         sigma_in = torch.as_tensor(sigma, dtype=torch.float32, device=self.device)
         if sigma_in.ndim == 0:
             sigma_in = sigma_in.expand(self.batch)
-        return self.model(x, sigma_in, **self.extra_args)
+        try:
+            return self.model(x, sigma_in, **self.extra_args)
+        except Interrupted as e:
+            e.x = self.step_start
+            raise
 
-    @property
-    def stopped(self) -> bool:
+    def begin_step(self) -> bool:
+        """A step starts: whether to stop here instead (else its first model evaluation gives ``step_start``)."""
+        self._new_step = True
         return self.control is not None and self.control.should_stop
 
     def steps(self, sigmas: torch.Tensor | list[float]) -> Iterator[tuple[int, float, float]]:
         """``(i, sigma, sigma_next)`` for each step, ending early when the control says stop."""
         values = sigmas.tolist() if isinstance(sigmas, torch.Tensor) else list(sigmas)
         for i in range(len(values) - 1):
-            if self.stopped:
+            if self.begin_step():
                 return
             yield i, float(values[i]), float(values[i + 1])
 
@@ -552,7 +571,7 @@ def restart(model, x, sigmas, *, extra_args=None, callback=None, noise_sampler=N
     run = _Run(model, x, extra_args, callback, control)
     last = segments[0][0] if segments else 0.0
     for i, (s, s_next) in enumerate(segments):
-        if run.stopped:
+        if run.begin_step():
             break
         if s > last:  # a restart: add noise to go back up from `last` to `s`
             x = x + noise_sampler(last, s) * (s_noise * math.sqrt(s**2 - last**2))
@@ -646,7 +665,7 @@ def dpm_fast(model, x, sigmas, *, extra_args=None, callback=None, noise_sampler=
     ts = np.linspace(t_start, t_end, m + 1)
     orders = [3] * (m - 2) + [2, 1] if evaluations % 3 == 0 else [3] * (m - 1) + [evaluations % 3]
     for i, order in enumerate(orders):
-        if run.stopped:
+        if run.begin_step():
             break
         t, t_next = float(ts[i]), float(ts[i + 1])
         s, s_next = math.exp(-t), math.exp(-t_next)
@@ -695,7 +714,7 @@ def dpm_adaptive(model, x, sigmas, *, extra_args=None, callback=None, noise_samp
     x_prev = x
     for attempt in range(max_attempts):
         active = s < t_end - 1e-5
-        if not active.any() or run.stopped:
+        if not active.any() or run.begin_step():
             break
         # finished items take a harmless dummy step whose result is discarded
         s_step = np.where(active, s, t_start)

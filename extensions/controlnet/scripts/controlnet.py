@@ -46,6 +46,7 @@ class ControlNetScript(Script):
     kinds = ("txt2img", "img2img")
 
     def __init__(self, state):
+        self.state = state  # its settings hold the upload limit
         self.catalog = ControlNetCatalog(controlnet_dir(state), state.options.allow_pickle)
         self.cache = ControlNetCache()
 
@@ -85,16 +86,17 @@ class ControlNetScript(Script):
     def units(self, args: dict) -> list[tuple[int, cn_units.ControlUnit]]:
         """The enabled units of a request, checked (ValueError naming the unit)."""
         out = []
+        max_pixels = self.state.settings.current.limit_upload_pixels
         for i in range(UNIT_COUNT):
             value = args.get(f"unit{i}_image")
             try:
                 if isinstance(value, dict):  # sd-webui-controlnet's API form
-                    unit = cn_units.unit_from_dict(value)
+                    unit = cn_units.unit_from_dict(value, max_pixels)
                 else:
                     unit = cn_units.ControlUnit(
                         enabled=args[f"unit{i}_enabled"], module=args[f"unit{i}_module"],
                         model=args[f"unit{i}_model"], weight=args[f"unit{i}_weight"],
-                        image=cn_units.decode_image(value), resize_mode=args[f"unit{i}_resize_mode"],
+                        image=cn_units.decode_image(value, max_pixels), resize_mode=args[f"unit{i}_resize_mode"],
                         processor_res=args[f"unit{i}_processor_res"], threshold_a=args[f"unit{i}_threshold_a"],
                         threshold_b=args[f"unit{i}_threshold_b"], guidance_start=args[f"unit{i}_guidance_start"],
                         guidance_end=args[f"unit{i}_guidance_end"], pixel_perfect=args[f"unit{i}_pixel_perfect"],
@@ -213,7 +215,8 @@ def _routes(script: ControlNetScript):
                         "input_image": data, "module": module,
                         "processor_res": payload.get("controlnet_processor_res", 512),
                         "threshold_a": payload.get("controlnet_threshold_a", -1),
-                        "threshold_b": payload.get("controlnet_threshold_b", -1)})
+                        "threshold_b": payload.get("controlnet_threshold_b", -1)},
+                        script.state.settings.current.limit_upload_pixels)
                     w, h = unit.image.size
                     out.append(_encode_png(Image.fromarray(cn_units.detected_map(unit, w, h).image)))
             except ValueError as e:

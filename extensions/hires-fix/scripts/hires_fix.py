@@ -19,6 +19,7 @@ from PIL import Image
 from modules.hooks import HookPoint
 from modules.processing.image_ops import LATENT_UPSCALE_MODES, latent_upscale
 from modules.processing.params import Img2ImgParams, Txt2ImgParams
+from modules.remote_limits import PassSize
 from modules.sampling.registry import SAMPLERS, SCHEDULES, resolve
 from modules.sampling.schedules import img2img_sigmas
 from modules.scripts import Control, Script, XyzAxis
@@ -149,6 +150,16 @@ class HiresFix(Script):
         w, h, *_ = target_size(width, height, float(args["hr_scale"]), int(args["hr_resize_x"]),
                                int(args["hr_resize_y"]))
         return f"Hires fix: from {width}×{height} to {w}×{h}"
+
+    def extra_passes(self, params, args: dict) -> list[PassSize]:
+        """The second pass at the target size, with the steps asked for (for the remote limits)."""
+        if not args["enable"]:
+            return []
+        resized = args["hr_resize_x"] > 0 or args["hr_resize_y"] > 0
+        w, h, *_ = target_size(params.width, params.height, args["hr_scale"], args["hr_resize_x"], args["hr_resize_y"])
+        steps_field = "hr_second_pass_steps" if args["hr_second_pass_steps"] else "steps"
+        return [PassSize(w, h, args["hr_second_pass_steps"] or params.steps,
+                         "hr_resize_x" if resized else "hr_scale", steps_field)]
 
     def setup(self, state, params, args: dict, hooks) -> None:
         if not args["enable"]:

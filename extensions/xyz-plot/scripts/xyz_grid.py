@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import copy
 import csv
+import itertools
 import math
 import re
+
+from PIL import Image
 
 from modules.processing import outputs
 from modules.processing.params import Img2ImgParams
@@ -23,8 +26,7 @@ from modules.scripts import Control, Script, XyzAxis, XyzCell, find_script, name
 
 TITLE = "X/Y/Z plot"
 NOTHING = "Nothing"
-MAX_AXIS_VALUES = 500  # checked before a range is expanded: "1-1000000000" is refused, not built
-MAX_CELLS = 500  # each cell is a job and an image kept for the grid
+DEFAULT_MAX_VALUES = 1000  # an axis's values when no limit is given (the limit_images_per_request setting's default)
 _RANGE = re.compile(r"^\s*([+-]?[\d.]+)\s*-\s*([+-]?[\d.]+)\s*(?:\(\s*([+-]?[\d.]+)\s*\)|\[\s*(\d+)\s*\])?\s*$")
 
 
@@ -34,8 +36,9 @@ def split_values(text: str) -> list[str]:
     return [v.strip() for v in row if v.strip()]
 
 
-def expand_numbers(text: str, kind: type) -> list:
-    """Values of a numeric axis: items and ranges (``1-5``, ``1-10 (+2)``, ``1-10 [5]``) as ``kind`` (int/float)."""
+def expand_numbers(text: str, kind: type, max_values: int = DEFAULT_MAX_VALUES) -> list:
+    """Values of a numeric axis: items and ranges (``1-5``, ``1-10 (+2)``, ``1-10 [5]``) as ``kind`` (int/float).
+    A range is counted before it is built: ValueError when the axis would get more than ``max_values``."""
     values: list = []
     for item in split_values(text):
         m = _RANGE.match(item)
@@ -44,13 +47,13 @@ def expand_numbers(text: str, kind: type) -> list:
             continue
         start, end = float(m.group(1)), float(m.group(2))
         if m.group(4):  # [count]: evenly spaced, both ends included
-            count = _checked_count(item, int(m.group(4)), len(values))
+            count = _checked_count(item, int(m.group(4)), len(values), max_values)
             points = [start + (end - start) * k / max(1, count - 1) for k in range(count)] if count > 1 else [start]
         else:
             step = float(m.group(3)) if m.group(3) else (1.0 if end >= start else -1.0)
             if step == 0 or (end - start) * step < 0:
                 raise ValueError(f"range {item!r} never reaches its end")
-            n = _checked_count(item, int(math.floor((end - start) / step + 1e-9)) + 1, len(values))
+            n = _checked_count(item, int(math.floor((end - start) / step + 1e-9)) + 1, len(values), max_values)
             points = [start + step * k for k in range(n)]
         values.extend(int(p) if kind is int else round(p, 10) for p in points)  # int() truncates, as A1111
     return values
@@ -121,19 +124,21 @@ def axes_for(state, kind: str) -> list[XyzAxis]:
     return [a for a in [*builtin_axes(state), *contributed] if isinstance(a, XyzAxis) and kind in a.kinds]
 
 
-def _checked_count(item: str, count: int, before: int) -> int:
-    """``count`` values of range ``item``, unless the axis would then hold more than :data:`MAX_AXIS_VALUES`."""
-    if before + count > MAX_AXIS_VALUES:
-        raise ValueError(f"range {item!r} gives {count} values; an axis takes at most {MAX_AXIS_VALUES}")
+def _checked_count(item: str, count: int, before: int, max_values: int) -> int:
+    """``count`` values of range ``item``, unless the axis would then hold more than ``max_values``."""
+    if before + count > max_values:
+        raise ValueError(f"range {item!r} gives {count} values; an axis takes at most {max_values} "
+                         "(setting limit_images_per_request)")
     return count
 
 
-def axis_values(axis: XyzAxis, text: str) -> list:
-    """Parse an axis's value text; Prompt S/R gives (search, replacement) pairs, the first pair the original."""
+def axis_values(axis: XyzAxis, text: str, max_values: int = DEFAULT_MAX_VALUES) -> list:
+    """Parse an axis's value text (at most ``max_values`` values); Prompt S/R gives (search, replacement) pairs,
+    the first pair the original."""
     if axis.label == NOTHING:
         return [None]
     if axis.numeric:
-        values = expand_numbers(text, axis.parse if axis.parse in (int, float) else float)
+        values = expand_numbers(text, axis.parse if axis.parse in (int, float) else float, max_values)
         values = [axis.parse(v) if axis.parse not in (int, float) else v for v in values]
     else:
         values = [axis.parse(v) for v in split_values(text)]
@@ -141,8 +146,9 @@ def axis_values(axis: XyzAxis, text: str) -> list:
         values = [(values[0], v) for v in values] if values else []
     if not values:
         raise ValueError(f"{axis.label}: no values given")
-    if len(values) > MAX_AXIS_VALUES:
-        raise ValueError(f"{axis.label}: {len(values)} values; an axis takes at most {MAX_AXIS_VALUES}")
+    if len(values) > max_values:
+        raise ValueError(f"{axis.label}: {len(values)} values; an axis takes at most {max_values} "
+                         "(setting limit_images_per_request)")
     return values
 
 
@@ -175,9 +181,12 @@ class XyzPlot(Script):
             Control("no_fixed_seeds", "checkbox", "Keep -1 for seeds", False),
         ]
 
-    def run(self, state, params, args: dict, progress, alwayson: dict | None = None):
-        kind = params.kind
+    @staticmethod
+    def _chosen(state, kind: str, args: dict) -> list[tuple[XyzAxis, list]]:
+        """The X, Y and Z axes with their values, checked (ValueError naming the axis; at most as many cells as the
+        ``limit_images_per_request`` setting allows images)."""
         axes = {a.label.lower(): a for a in axes_for(state, kind)}
+        limit = state.settings.current.limit_images_per_request
         chosen = []
         for key in ("x", "y", "z"):
             name = (args[f"{key}_type"] or NOTHING).strip().lower()
@@ -186,19 +195,41 @@ class XyzPlot(Script):
                                  f"(available: {', '.join(a.label for a in axes.values())})")
             axis = axes[name]
             try:
-                chosen.append((axis, axis_values(axis, args[f"{key}_values"])))
+                chosen.append((axis, axis_values(axis, args[f"{key}_values"], limit)))
             except ValueError as e:
                 raise ValueError(f"{TITLE}: {key.upper()} axis {axis.label}: {e}") from None
 
         cells_wanted = math.prod(len(values) for _, values in chosen)
-        if cells_wanted > MAX_CELLS:
-            raise ValueError(f"{TITLE}: {cells_wanted} cells; a plot makes at most {MAX_CELLS} images")
+        if cells_wanted > limit:
+            raise ValueError(f"{TITLE}: {cells_wanted} cells; a plot makes at most {limit} images "
+                             "(setting limit_images_per_request)")
+        return chosen
+
+    def _cell(self, base, request_alwayson: dict, chosen, values: tuple) -> XyzCell:
+        """The request of the cell at ``values`` (x, y, z): the base request with the three axes applied."""
+        cell = XyzCell(self._copy_params(base), copy.deepcopy(request_alwayson, _shared_images(request_alwayson)))
+        for (axis, _), value in zip(chosen, values):
+            axis.apply(cell, value)
+        cell.params.do_not_save_grid = True
+        return cell
+
+    def planned_jobs(self, state, params, args: dict, alwayson: dict) -> list[tuple[object, dict]]:
+        """Every cell's request, in the order :meth:`run` makes them."""
+        chosen = self._chosen(state, params.kind, args)
+        named = self._named_alwayson(state, params.kind, alwayson)
+        (_, xs), (_, ys), (_, zs) = chosen
+        cells = (self._cell(params, named, chosen, (x, y, z)) for z, y, x in itertools.product(zs, ys, xs))
+        return [(cell.params, cell.alwayson) for cell in cells]
+
+    def run(self, state, params, args: dict, progress, alwayson: dict | None = None):
+        kind = params.kind
+        chosen = self._chosen(state, kind, args)
         base = copy.copy(params)
         if not args["no_fixed_seeds"]:
             base.seed = resolve_seed(int(base.seed))
             base.subseed = resolve_seed(int(base.subseed))
         request_alwayson = self._named_alwayson(state, kind, alwayson)
-        (x_axis, xs), (y_axis, ys), (z_axis, zs) = chosen
+        (_, xs), (_, ys), (_, zs) = chosen
         original_model = state.models.current_info
         cells, infotexts, warnings = [], [], []
         result = JobResult()
@@ -209,10 +240,7 @@ class XyzPlot(Script):
                         if progress.control.interrupted:
                             result.interrupted = True
                             break
-                        cell = XyzCell(self._copy_params(base), copy.deepcopy(request_alwayson))
-                        for axis, value in ((x_axis, x), (y_axis, y), (z_axis, z)):
-                            axis.apply(cell, value)
-                        cell.params.do_not_save_grid = True
+                        cell = self._cell(base, request_alwayson, chosen, (x, y, z))
                         progress.step = 0  # progress shows the cell being made
                         progress.textinfo = f"X/Y/Z plot: cell {len(cells) + 1} of {len(xs) * len(ys) * len(zs)}"
                         one = run_generation(state, cell.params, progress, alwayson=cell.alwayson)
@@ -239,11 +267,13 @@ class XyzPlot(Script):
         result.infotexts = [infotexts[0], *(infotexts if args["include_lone_images"] else [])]
         settings = state.settings.current
         if settings.grid_save and settings.samples_save:
-            from modules.image_io import save_image
+            from modules.processing.saving import UnsavedImages
 
-            folder = outputs.dated_folder(settings.output_dir(f"{kind}-grids", state.options.data_dir))
-            result.grid_path = save_image(grid, outputs.next_grid_path(folder, settings.grid_format),
-                                          infotext=infotexts[0])
+            unsaved = UnsavedImages()  # a full disk: the plot is still returned, with a warning
+            result.grid_path = unsaved.save(grid, settings.output_dir(f"{kind}-grids", state.options.data_dir),
+                                            lambda dated: outputs.next_grid_path(dated, settings.grid_format),
+                                            infotexts[0])
+            result.warnings.extend(unsaved.report())
         result.info = {**result.info, "infotexts": result.infotexts, "all_seeds": result.seeds}
         return result
 
@@ -290,6 +320,21 @@ class XyzPlot(Script):
             return grids[0]
         z_labels = [_label(z_axis, z) for z in zs] if legend and z_axis.label != NOTHING else []
         return outputs.labelled_grid(grids, z_labels, []) if z_labels else outputs.make_grid(grids, rows=1)
+
+
+def _shared_images(value, memo: dict | None = None) -> dict:
+    """A ``deepcopy`` memo that keeps the PIL images inside ``value`` as they are: cells only read them, and a plot
+    of many cells would otherwise hold a copy of every control image per cell."""
+    memo = {} if memo is None else memo
+    if isinstance(value, Image.Image):
+        memo[id(value)] = value
+    elif isinstance(value, dict):
+        for item in value.values():
+            _shared_images(item, memo)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            _shared_images(item, memo)
+    return memo
 
 
 def register(api) -> None:

@@ -1,0 +1,81 @@
+"""Saving a job's images when the disk may refuse them: the job keeps its images and says what was not saved.
+
+A full disk (``ENOSPC``, a quota's ``EDQUOT``), a file-size limit (``EFBIG``), a read-only file system (``EROFS``)
+or a folder without write permission (``EACCES``/``EPERM``) is the user's to fix, not a fault of the job; any other
+``OSError`` still propagates. The server keeps running, and the next save works once the disk takes files again.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import MappingProxyType
+
+from PIL import Image
+
+from ..image_io import save_image
+from . import outputs
+
+log = logging.getLogger(__name__)
+
+_REASONS = (("ENOSPC", "disk full"), ("EDQUOT", "disk full"), ("EFBIG", "file too large"),
+            ("EROFS", "read-only disk"), ("EACCES", "no permission"), ("EPERM", "no permission"))
+DISK_REFUSALS: Mapping[int, str] = MappingProxyType(
+    {getattr(errno, name): reason for name, reason in _REASONS if hasattr(errno, name)})
+
+
+def refusal(error: BaseException) -> str | None:
+    """What the disk's refusal means for the user ("disk full", …), or None for an error of another kind.
+
+    ``error`` is the ``OSError``, or an error raised while handling one (creating a folder gives
+    :class:`~modules.output_folders.OutputFolderError`, a ValueError)."""
+    for candidate in (error, error.__cause__, error.__context__):
+        if isinstance(candidate, OSError) and candidate.errno in DISK_REFUSALS:
+            return DISK_REFUSALS[candidate.errno]
+    return None
+
+
+def is_unsaved_warning(line: str) -> bool:
+    """Whether a job's warning is one of :meth:`UnsavedImages.report`'s lines (the UI shows those loudly)."""
+    reason, _, rest = line.partition(": ")
+    return reason in DISK_REFUSALS.values() and " not saved (" in rest
+
+
+class UnsavedImages:
+    """One job's saves: each image is saved, or counted by reason and folder when the disk refuses it."""
+
+    def __init__(self) -> None:
+        self._refused: dict[tuple[str, Path], tuple[int, Exception]] = {}
+
+    def save(self, image: Image.Image, folder: Path, reserve: Callable[[Path], Path],
+             infotext: str | None) -> Path | None:
+        """Save ``image`` into today's folder under ``folder``, named by ``reserve(dated_folder)`` (which may create
+        an empty placeholder: it is removed again when the save fails). None when the disk refused it."""
+        target = Path(folder)
+        try:
+            target = outputs.dated_folder(target)
+            path = reserve(target)
+            try:
+                return save_image(image, path, infotext=infotext)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                raise
+        except (OSError, ValueError) as e:
+            reason = refusal(e)
+            if reason is None:
+                raise
+            count, _ = self._refused.get((reason, target), (0, e))
+            self._refused[(reason, target)] = (count + 1, e)
+            return None
+
+    def report(self) -> list[str]:
+        """One warning per reason and folder ("disk full: 2 images not saved (/…/2024-05-01)"), each logged."""
+        lines = []
+        for (reason, folder), (count, error) in self._refused.items():
+            line = f"{reason}: {count} image{'s' if count != 1 else ''} not saved ({folder})"
+            log.warning("%s: %s", line, error)
+            lines.append(line)
+        return lines
