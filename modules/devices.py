@@ -125,10 +125,12 @@ class Offloader:
         self._hooked.add(id(module))
         device = self.plan.device
 
-        def before(block, args, kwargs):
+        def move(value):
+            return value.to(device) if isinstance(value, torch.Tensor) else value
+
+        def before(block, args, kwargs):  # inputs too: diffusers passes hidden states and the context by keyword
             block.to(device)
-            moved = tuple(a.to(device) if isinstance(a, torch.Tensor) else a for a in args)
-            return moved, kwargs
+            return tuple(move(a) for a in args), {k: move(v) for k, v in kwargs.items()}
 
         def after(block, args, output):
             block.to("cpu")
@@ -140,14 +142,15 @@ class Offloader:
 
 
 def _blocks(module):
-    """Units for block-by-block offload: members of ModuleLists, and other direct children."""
+    """Units for block-by-block offload: members of ModuleLists, and other children, split further while they hold a
+    ModuleList (a CLIP text model's layers sit two levels down, and its forward is not what the encoder calls)."""
     import torch
 
     for child in module.children():
         if isinstance(child, torch.nn.ModuleList):
             yield from child
         elif any(True for _ in child.parameters()):
-            if any(isinstance(c, torch.nn.ModuleList) for c in child.children()):
+            if any(isinstance(c, torch.nn.ModuleList) for c in child.modules()):
                 yield from _blocks(child)
             else:
                 yield child

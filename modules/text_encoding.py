@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +29,7 @@ from .settings import CHOICES
 CHUNK = 75
 COMMA_ID = 267  # ",</w>"
 COMMA_LOOKBACK = 20
+MEAN_RATIO_EPSILON = 1e-3  # a weighted mean below this fraction of the mean magnitude is taken as zero
 EMPHASIS_MODES = CHOICES["emphasis"]
 
 
@@ -41,6 +43,16 @@ class Conditioning:
     @property
     def chunks(self) -> int:
         return self.context.shape[1] // (CHUNK + 2)
+
+
+def _mean_ratio(before: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Per chunk, the factor that gives weighted ``z`` its unweighted mean ``before`` back ("Original" emphasis).
+    A chunk whose weighted mean is (nearly) zero keeps its scale: the ratio would be unbounded (seen on tiny
+    encoders whose outputs average to ~0; it turned the image into NaN)."""
+    after = z.mean(dim=(1, 2), keepdim=True)
+    scale = z.abs().mean(dim=(1, 2), keepdim=True)
+    usable = after.abs() > MEAN_RATIO_EPSILON * scale
+    return torch.where(usable, before / torch.where(usable, after, torch.ones_like(after)), torch.ones_like(after))
 
 
 @dataclass
@@ -186,7 +198,7 @@ class PromptEncoder:
     """Encodes plain prompt texts for one loaded model; results are cached by text (LRU)."""
 
     def __init__(self, model, clip_skip: int = 1, emphasis: str = "Original", embeddings: Mapping | None = None,
-                 cache_size: int = 64):
+                 cache_size: int = 64, offloader=None):
         if emphasis not in EMPHASIS_MODES:
             raise ValueError(f"unknown emphasis mode {emphasis!r}; choose one of {', '.join(EMPHASIS_MODES)}")
         self.model = model
@@ -200,6 +212,7 @@ class PromptEncoder:
         self._index = EmbeddingIndex(fitting, self.tokenize) if fitting else None
         self._cache: OrderedDict[str, Conditioning] = OrderedDict()
         self._cache_size = cache_size
+        self.offloader = offloader  # --medvram/--lowvram: brings each text encoder to the device while it runs
 
     def tokenize(self, text: str) -> list[int]:
         return self._tok(text, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
@@ -241,7 +254,8 @@ class PromptEncoder:
             ids_t = torch.tensor(rows, dtype=torch.long)
             want_pooled = role_i == len(specs) - 1 and self.model.spec.unet.adm_in_channels is not None
             skip = spec.default_skip + self.clip_skip - 1
-            hidden, pool = run_text_encoder(te, ids_t, injected, skip, spec.final_norm, want_pooled)
+            with self.offloader.use(te) if self.offloader else contextlib.nullcontext():
+                hidden, pool = run_text_encoder(te, ids_t, injected, skip, spec.final_norm, want_pooled)
             if want_pooled:
                 pooled = pool[:1].float()
             parts.append(hidden.float())
@@ -253,5 +267,5 @@ class PromptEncoder:
                 means = z.mean(dim=(1, 2), keepdim=True)
                 z = z * w[:, :, None]
                 if self.emphasis == "Original":
-                    z = z * (means / z.mean(dim=(1, 2), keepdim=True))
+                    z = z * _mean_ratio(means, z)
         return Conditioning(z.reshape(1, -1, z.shape[-1]), pooled)

@@ -59,13 +59,18 @@ def test_model_switch_from_options_waits_for_the_running_job(server):
     box = {}
     long_job = threading.Thread(target=lambda: box.update(long=generate(server, {**request(3), "steps": 60})))
     long_job.start()
+    step = 0
     for _ in range(400):
-        if httpx.get(f"{server}/sdapi/v1/progress").json()["state"]["sampling_step"] > 0:
+        step = httpx.get(f"{server}/sdapi/v1/progress").json()["state"]["sampling_step"]
+        if step > 0:
             break
         time.sleep(0.05)
     try:
+        assert 0 < step < 40, "the switch must be asked for while the long job samples"
         switched = httpx.post(f"{server}/sdapi/v1/options", json={"sd_model_checkpoint": "tiny-b"}, timeout=300)
         assert switched.status_code == 200
+        # the switch answered only after its turn: the long job had taken all its steps by then
+        assert httpx.get(f"{server}/sdapi/v1/progress").json()["state"]["job_count"] == 0
         long_job.join(300)
         assert box["long"][1]["sd_model_name"] == "tiny"  # the job that was running kept its model
         assert generate(server, {**request(3)})[1]["sd_model_name"] == "tiny-b"

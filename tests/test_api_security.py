@@ -31,13 +31,16 @@ def routes(tmp_path_factory) -> list[tuple[str, str]]:
     """(method, path) of every route of the same app as the server's, built here without loading a model."""
     from modules.app_state import create_state
     from modules.cmd_args import parse_command_line
+    from modules.extensions import load_extensions
     from tests.api_server import build_app
 
     root = tmp_path_factory.mktemp("routes")
     args = ["--data-dir", str(root / "data"), "--ckpt-dir", str(root / "models"), "--lora-dir", str(root / "lora"),
             "--vae-dir", str(root / "vae"), "--embeddings-dir", str(root / "emb"), "--device", "cpu", "--nowebui",
             *FLAGS[1:]]
-    app = build_app(create_state(parse_command_line(args).options))
+    state = create_state(parse_command_line(args).options)
+    load_extensions(state)  # the shipped ones, as the server does: their routes (ControlNet's) are listed too
+    app = build_app(state)
     app.add_api_route(EXTENSION_ROUTE, lambda: {}, methods=["GET"])
     # API routes (also those inside included routers) from the schema; the docs routes from the route table
     found = {(method.upper(), path) for path, ops in app.openapi()["paths"].items() for method in ops}
@@ -50,6 +53,8 @@ def routes(tmp_path_factory) -> list[tuple[str, str]]:
 
 def test_every_route_needs_credentials(server, routes):
     assert len(routes) > 30 and ("GET", EXTENSION_ROUTE) in routes and ("GET", "/docs") in routes
+    assert {("GET", "/controlnet/model_list"), ("GET", "/controlnet/module_list"),
+            ("POST", "/controlnet/detect")} <= set(routes)
     with httpx.Client(base_url=server, timeout=60) as client:
         for method, path in routes:
             for auth in (None, (USER, "wrong"), ("mallory", PASSWORD)):

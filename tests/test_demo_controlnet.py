@@ -69,7 +69,8 @@ def test_generated_shapes_follow_the_silhouette_and_guidance_end_loosens_it(stat
     plain = _mean_iou(state)  # the prompt names only colors: without the control the layout is a guess
     early_end = _mean_iou(state, weight=1.0, guidance_end=0.3)
     assert full >= 0.6 and full > plain + 0.25, (full, plain)
-    assert plain < early_end < full or early_end < full - 0.05, (early_end, full)
+    # ending the guidance at 30% of the steps loosens the shape, but the early steps' guidance still shows
+    assert plain + 0.1 < early_end < full - 0.1, (plain, early_end, full)
 
 
 def test_weight_zero_equals_plain_txt2img_bit_for_bit(state):

@@ -1,7 +1,7 @@
 """Infotext: A1111's layout, parsing real A1111/Forge strings, and embedding in PNG/JPEG/WebP atomically."""
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 from PIL import Image
 
@@ -73,14 +73,20 @@ LINE = st.text(alphabet=st.characters(blacklist_categories=("Cs", "Cc", "Zl", "Z
 def test_round_trip_any_text(prompt_lines, negative_lines, seed, model):
     prompt = "\n".join(prompt_lines)
     negative = "\n".join(negative_lines)
+    assume(not any(line.startswith("Negative prompt:") for line in prompt_lines))  # ambiguous: see the next test
     text = build_infotext(prompt, negative, {"Steps": 20, "Seed": seed, "Model": model, "Size": (8, 16)})
     parsed = parse_infotext(text)
-    if not prompt.startswith("Negative prompt:"):
-        assert parsed["Prompt"] == prompt
-        assert parsed["Negative prompt"] == negative
+    assert parsed["Prompt"] == prompt
+    assert parsed["Negative prompt"] == negative
     assert parsed["Seed"] == str(seed)
     assert parsed["Model"] == model
     assert (parsed["Size-1"], parsed["Size-2"]) == ("8", "16")
+
+
+@pytest.mark.parametrize("prompt, read_prompt", [("Negative prompt: x", ""), ("a cat\nNegative prompt: x", "a cat")])
+def test_a_prompt_line_that_starts_like_the_negative_one_is_read_as_it_as_in_a1111(prompt, read_prompt):
+    parsed = parse_infotext(build_infotext(prompt, "y", {"Steps": 20, "Seed": 3, "Size": (8, 16)}))
+    assert (parsed["Prompt"], parsed["Negative prompt"], parsed["Seed"]) == (read_prompt, "x\ny", "3")
 
 
 def test_last_line_needs_three_pairs_to_be_parameters():

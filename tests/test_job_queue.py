@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -12,13 +11,14 @@ from modules.job_queue import JobQueue
 def test_jobs_run_in_order_one_at_a_time():
     q = JobQueue()
     running, order, overlap = [], [], []
-    gate = threading.Event()
+    gate, started = threading.Event(), threading.Event()
 
     def work(name):
         def run(progress):
             running.append(name)
             overlap.append(len(running))
             if name == "a":
+                started.set()
                 gate.wait(5)
             order.append(name)
             running.remove(name)
@@ -26,7 +26,7 @@ def test_jobs_run_in_order_one_at_a_time():
         return run
 
     jobs = [q.submit(work(n)) for n in "abc"]
-    time.sleep(0.05)
+    assert started.wait(5)  # "a" runs and holds the queue; "b" and "c" wait behind it
     assert q.position(jobs[0]) == 0 and q.position(jobs[2]) == 3 and q.waiting == 2
     gate.set()
     assert [j.wait(5) for j in jobs] == ["a", "b", "c"] == order

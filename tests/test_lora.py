@@ -7,17 +7,16 @@ import json
 import logging
 import os
 
+import diffusers
 import pytest
 import torch
+import transformers
 from safetensors.torch import save_file
 
 from modules.hashing import HashCache
 from modules.networks.catalog import LoraCatalog
 from modules.networks.lora import WeightRef, build_module_index, load_network
 from modules.networks.patcher import NetworkPatch, WeightPatcher
-
-diffusers = pytest.importorskip("diffusers")
-transformers = pytest.importorskip("transformers")
 
 UNET_ATTN = "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q"
 UNET_CONV = "down_blocks.0.resnets.0.conv1"  # 3×3

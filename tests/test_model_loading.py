@@ -23,6 +23,8 @@ FAMILIES = {
     "sdxl": (Family.SDXL, "base"),
     "sdxl-inpaint": (Family.SDXL, "inpaint"),
     "refiner": (Family.SDXL_REFINER, "base"),
+    "sdxl-odd": (Family.SDXL, "base"),  # pooled 48, size/crop embedding 8 per id
+    "refiner-odd": (Family.SDXL_REFINER, "base"),
 }
 
 
@@ -32,8 +34,8 @@ def _unet_out(unet, family, seed=0):
     ctx = torch.randn(1, 77, unet.config.cross_attention_dim, generator=g)
     kw = {}
     if unet.config.addition_embed_type == "text_time":
-        pooled = unet.config.projection_class_embeddings_input_dim - 256 * (6 if family is Family.SDXL else 5)
         n_ids = 6 if family is Family.SDXL else 5
+        pooled = unet.config.projection_class_embeddings_input_dim - unet.config.addition_time_embed_dim * n_ids
         kw["added_cond_kwargs"] = {"text_embeds": torch.randn(1, pooled, generator=g), "time_ids": torch.rand(1, n_ids, generator=g) * 64}
     with torch.inference_mode():
         return unet(x, torch.tensor([500.0]), encoder_hidden_states=ctx, **kw).sample
@@ -64,11 +66,18 @@ def test_detected_dimensions_of_tiny_sdxl(tmp_path):
     u = model.spec.unet
     assert (u.model_channels, u.channel_mult, u.num_res_blocks) == (64, (1, 1, 2), 1)
     assert u.attention_levels == (False, True, True) and u.transformer_depth == (0, 1, 2)
-    assert (u.context_dim, u.adm_in_channels, u.linear_projection) == (96, 64 + 1536, True)
+    assert (u.context_dim, u.adm_in_channels, u.linear_projection, u.time_embed_dim) == (96, 64 + 1536, True, 256)
     te1, te2 = model.spec.text_encoders
     assert (te1.layout, te1.hidden_size, te1.num_layers) == ("hf", 32, 2)
     assert (te2.layout, te2.hidden_size, te2.projection_dim, te2.pad_with_zero) == ("openclip", 64, 64, True)
     assert model.spec.vae_scale == 0.13025
+
+
+@pytest.mark.parametrize("name, pooled, time_dim", [("sdxl-odd", 48, 8), ("refiner-odd", 48, 8), ("refiner", 64, 256)])
+def test_sdxl_extra_conditioning_widths_come_from_the_shapes(tmp_path, name, pooled, time_dim):
+    model = load_checkpoint(tiny_models.write(name, tmp_path / "x.safetensors"))
+    assert model.spec.text_encoders[-1].projection_dim == pooled and model.spec.unet.time_embed_dim == time_dim
+    assert model.unet.config.addition_time_embed_dim == time_dim
 
 
 # --- full-size layouts on the meta device ---------------------------------------------------------------------

@@ -187,19 +187,33 @@ def test_lora_state_is_dropped_with_its_model_and_never_leaks_into_the_next(tmp_
     assert all(torch.equal(v, fresh_gamma[k]) for k, v in _weights(gamma).items())
 
 
-def test_hash_prefetch_runs_in_the_background_and_concurrent_requests_agree(tmp_path):
+def test_hash_prefetch_runs_in_the_background_and_concurrent_requests_agree(tmp_path, monkeypatch):
     import threading
+
+    from modules import hashing
 
     big = tmp_path / "big.safetensors"
     big.write_bytes(bytes(range(256)) * (40 * 4096))  # 40 MiB
     expected = hashlib.sha256(big.read_bytes()).hexdigest()
+    real, gate, started, calls = hashing.sha256_file, threading.Event(), threading.Event(), []
+
+    def held_back(path, **kw):  # the real hash, once the test lets it go on
+        calls.append(threading.current_thread().name)
+        started.set()
+        gate.wait(10)
+        return real(path, **kw)
+
+    monkeypatch.setattr(hashing, "sha256_file", held_back)
     hashes = HashCache(tmp_path / "hashes.json")
-    hashes.prefetch(big)
+    hashes.prefetch(big)  # returns while its thread is still hashing
+    assert started.wait(10) and hashes.cached(big) is None
     results: list[str] = []
     threads = [threading.Thread(target=lambda: results.append(hashes.get(big))) for _ in range(3)]
     for t in threads:
         t.start()
+    gate.set()
     for t in threads:
         t.join()
     assert results == [expected] * 3 and hashes.cached(big) == expected
+    assert calls == ["hash"]  # hashed once, by the background thread; the requests waited for it
     assert HashCache(tmp_path / "hashes.json").cached(big) == expected  # persisted

@@ -1,6 +1,8 @@
 """Seeds and noise: CPU reproducibility, batch independence, variation seeds, resize-seed-from."""
 
+import math
 import random
+import warnings
 
 import pytest
 import torch
@@ -64,6 +66,62 @@ def test_eta_noise_seed_delta_reseeds_the_per_step_noise():
     torch.testing.assert_close(source.initial(), plain, rtol=0, atol=0)
     expected = torch.randn(SHAPE, generator=torch.Generator().manual_seed(10 + 31337))
     torch.testing.assert_close(source(1.0, 0.5)[0], expected, rtol=0, atol=0)
+
+
+def nth_draw(seed, n):
+    """The n-th (from 1) standard normal draw of a CPU generator seeded with ``seed``."""
+    generator = torch.Generator().manual_seed(seed)
+    return [torch.randn(SHAPE, generator=generator) for _ in range(n)][-1]
+
+
+def test_rows_draw_only_for_the_flagged_images():
+    source = noise([20, 21])
+    source.initial()
+    partial, following = source(1.0, 0.5, rows=[False, True]), source(0.5, 0.1)
+    assert partial[0].abs().sum() == 0
+    torch.testing.assert_close(partial[1], nth_draw(21, 2), rtol=0, atol=0)
+    torch.testing.assert_close(following[0], nth_draw(20, 2), rtol=0, atol=0)  # image 0's generator waited
+    torch.testing.assert_close(following[1], nth_draw(21, 3), rtol=0, atol=0)
+
+
+# --- Brownian-tree noise (SDE samplers) ------------------------------------------------------------------------
+
+SIGMAS = torch.tensor([14.6, 7.0, 3.0, 1.0, 0.3, 0.03, 0.0])
+
+
+def brownian(seeds):
+    return noise(seeds).brownian(SIGMAS)
+
+
+def test_brownian_noise_is_one_path_per_seed():
+    a, b = brownian([3]), brownian([3])
+    torch.testing.assert_close(a(7.0, 3.0), b(7.0, 3.0), rtol=0, atol=0)
+    torch.testing.assert_close(a(7.0, 3.0), a(7.0, 3.0), rtol=0, atol=0)  # a query, not a draw
+    assert not torch.allclose(a(7.0, 3.0), brownian([4])(7.0, 3.0))
+    batch = brownian([3, 4])(1.0, 0.3)
+    torch.testing.assert_close(batch, torch.cat([brownian([3])(1.0, 0.3), brownian([4])(1.0, 0.3)]), rtol=0, atol=0)
+
+
+def test_brownian_steps_are_increments_of_the_path():
+    """Coarse steps are sums of fine ones: (W(c) - W(a)) = (W(b) - W(a)) + (W(c) - W(b)), each normalised by
+    sqrt(step); going up is the negative of going down."""
+    path = brownian([5])
+    coarse = path(7.0, 1.0) * math.sqrt(6.0)
+    fine = path(7.0, 3.0) * math.sqrt(4.0) + path(3.0, 1.0) * math.sqrt(2.0)
+    torch.testing.assert_close(coarse, fine, rtol=0, atol=1e-5)
+    torch.testing.assert_close(path(1.0, 7.0), -path(7.0, 1.0), rtol=0, atol=0)
+    steps = torch.cat([path(a, b) for a, b in zip(SIGMAS[:-2].tolist(), SIGMAS[1:-1].tolist())])
+    assert abs(steps.mean().item()) < 0.15 and abs(steps.std().item() - 1) < 0.1
+    assert abs(torch.corrcoef(torch.stack([steps[0].flatten(), steps[1].flatten()]))[0, 1].item()) < 0.2
+
+
+def test_brownian_noise_covers_the_positive_sigma_range_without_warnings():
+    path = brownian([6])
+    assert (path.sigma_min, path.sigma_max) == pytest.approx((0.03, 14.6))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torchsde warns about queries outside the tree; ours are clamped first
+        assert torch.isfinite(path(14.6000001, 0.0299999)).all()
+    assert brownian([7]).shape == SHAPE and noise([7]).brownian(torch.tensor([2.0, 0.0])).sigma_min == 2.0
 
 
 # --- variation seeds -------------------------------------------------------------------------------------------

@@ -190,7 +190,9 @@ def test_interrupt_or_skip_stops_before_the_next_step(info, flag):
     out = run(info, [1], steps=10, denoiser=denoiser, callback=callback, control=control)
     assert torch.isfinite(out).all()
     assert len(calls) <= 3 * EVALS_PER_STEP.get(info.name, 1)
-    assert control.should_stop
+    unstopped = []
+    run(info, [1], steps=10, denoiser=lambda x, sigma: unstopped.append(1) or nonlinear_denoiser(x, sigma))
+    assert len(unstopped) > len(calls)  # the bound above is below what the sampler evaluates when not stopped
 
 
 def test_interrupted_euler_returns_the_partial_result():

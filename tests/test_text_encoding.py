@@ -50,16 +50,30 @@ def test_matches_plain_transformers_encoding(sd1):
     assert torch.allclose(enc.encode("a red circle").context, expected, atol=1e-6)
 
 
+def _encodings(model, prompt: str) -> dict:
+    return {mode: PromptEncoder(model, emphasis=mode).encode(prompt).context for mode in ("Original", "No norm")}
+
+
 def test_emphasis_modes(sd1):
     plain = PromptEncoder(sd1).encode("a red circle").context
-    original = PromptEncoder(sd1, emphasis="Original").encode("a (red:1.5) circle").context
-    no_norm = PromptEncoder(sd1, emphasis="No norm").encode("a (red:1.5) circle").context
     ignore = PromptEncoder(sd1, emphasis="Ignore").encode("a (red:1.5) circle").context
     assert torch.allclose(ignore, plain, atol=1e-6)
+    # the tiny encoder's final norm has no bias, so its outputs average to exactly 0: "Original" keeps the scale
+    zero_mean = _encodings(sd1, "a (red:1.5) circle")
+    assert torch.isfinite(zero_mean["Original"]).all() and torch.equal(zero_mean["Original"], zero_mean["No norm"])
+    norm = sd1.text_encoders[0].final_layer_norm
+    with torch.no_grad():
+        norm.bias.add_(0.3)  # outputs with a mean, as a real CLIP's
+        try:
+            plain = PromptEncoder(sd1).encode("a red circle").context
+            weighted = _encodings(sd1, "a (red:1.5) circle")
+        finally:
+            norm.bias.sub_(0.3)
     red = 2  # BOS, "a", "red"
+    no_norm, original = weighted["No norm"], weighted["Original"]
     assert torch.allclose(no_norm[0, red], plain[0, red] * 1.5, atol=1e-5)
-    assert torch.allclose(original.mean(), plain.mean(), atol=1e-6)  # mean restored
-    assert not torch.allclose(original, no_norm)
+    assert plain.mean().abs() > 0.1 and torch.allclose(original.mean(), plain.mean(), atol=1e-5)  # mean restored
+    assert torch.allclose(original, no_norm * (plain.mean() / no_norm.mean()), atol=1e-5)
     literal = PromptEncoder(sd1, emphasis="None").tokenized("a (red:1.5) circle")
     assert literal.token_count > 4  # brackets and number stay as text
 
@@ -107,3 +121,13 @@ def test_encoding_cache(sd1):
 def test_run_text_encoder_rejects_too_much_skip(sd1):
     with pytest.raises(ValueError, match="clip skip"):
         run_text_encoder(sd1.text_encoders[0], torch.tensor([[49406, 49407]]), [], 5, True, False)
+
+
+def test_original_emphasis_keeps_the_mean_and_never_divides_by_a_zero_mean():
+    from modules.text_encoding import _mean_ratio
+
+    z = torch.tensor([[[1.0, 3.0]], [[-1.0, 1.0000001]]])  # chunk 0: mean 2; chunk 1: mean ~0
+    ratio = _mean_ratio(torch.tensor([[[4.0]], [[5.0]]]), z)
+    assert ratio[0].item() == pytest.approx(2.0)  # restores the unweighted mean 4 from 2
+    assert ratio[1].item() == 1.0  # a weighted mean of ~0 would give a ratio of ~1e8 (NaN images on tiny encoders)
+    assert torch.isfinite(ratio).all()

@@ -16,7 +16,7 @@ VOCAB = 49408
 
 
 def _unet(in_ch=4, channels=(32, 64, 64), attention=(True, True, False), context=32, linear=False, heads=8,
-          depth=(1, 1, 1), adm=None, seed=0):
+          depth=(1, 1, 1), adm=None, time_dim=256, seed=0):
     from diffusers import UNet2DConditionModel
 
     torch.manual_seed(seed)
@@ -28,7 +28,7 @@ def _unet(in_ch=4, channels=(32, 64, 64), attention=(True, True, False), context
         use_linear_projection=linear, transformer_layers_per_block=list(depth), norm_num_groups=32,
     )
     if adm:
-        kw.update(addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=adm)
+        kw.update(addition_embed_type="text_time", addition_time_embed_dim=time_dim, projection_class_embeddings_input_dim=adm)
     m = UNet2DConditionModel(**kw)
     with torch.no_grad():  # diffusers zero-inits some output layers; give every weight a value so tests can see it
         for p in m.parameters():
@@ -59,21 +59,26 @@ def _te(hidden=32, layers=2, act="quick_gelu", projection=None, seed=0):
 
 
 def build(family: str, seed: int = 0):
-    """(unet, vae, text_encoders, Family) for "sd1", "sd1-inpaint", "sd2", "sdxl" or "refiner"."""
+    """(unet, vae, text_encoders, Family) for "sd1", "sd1-inpaint", "pix2pix", "sd2", "sd2-inpaint", "sdxl",
+    "sdxl-inpaint" or "refiner"; "sdxl-odd" and "refiner-odd" have SDXL dimensions unlike the real ones (a pooled
+    projection of 48 and a size/crop embedding of 8 per id instead of 256)."""
     if family in ("sd1", "sd1-inpaint", "pix2pix"):
         in_ch = {"sd1": 4, "sd1-inpaint": 9, "pix2pix": 8}[family]
         return _unet(in_ch=in_ch, seed=seed), _vae(seed), [_te(seed=seed)], Family.SD1
     if family in ("sd2", "sd2-inpaint"):
         unet = _unet(in_ch=9 if family == "sd2-inpaint" else 4, channels=(64, 64, 128), context=64, linear=True, seed=seed)
         return unet, _vae(seed), [_te(hidden=64, act="gelu", projection=64, seed=seed)], Family.SD2
-    if family in ("sdxl", "sdxl-inpaint"):
+    pooled, time_dim = (48, 8) if family.endswith("-odd") else (64, 256)
+    if family in ("sdxl", "sdxl-inpaint", "sdxl-odd"):
         unet = _unet(in_ch=9 if family == "sdxl-inpaint" else 4, channels=(64, 64, 128), attention=(False, True, True),
-                     depth=(1, 1, 2), context=32 + 64, linear=True, adm=64 + 6 * 256, seed=seed)
-        return unet, _vae(seed), [_te(hidden=32, seed=seed), _te(hidden=64, act="gelu", projection=64, seed=seed)], Family.SDXL
-    if family == "refiner":
+                     depth=(1, 1, 2), context=32 + 64, linear=True, adm=pooled + 6 * time_dim, time_dim=time_dim,
+                     seed=seed)
+        tes = [_te(hidden=32, seed=seed), _te(hidden=64, act="gelu", projection=pooled, seed=seed)]
+        return unet, _vae(seed), tes, Family.SDXL
+    if family in ("refiner", "refiner-odd"):
         unet = _unet(channels=(64, 64, 128), attention=(False, True, True), depth=(1, 1, 1), context=64,
-                     linear=True, adm=64 + 5 * 256, seed=seed)
-        return unet, _vae(seed), [_te(hidden=64, act="gelu", projection=64, seed=seed)], Family.SDXL_REFINER
+                     linear=True, adm=pooled + 5 * time_dim, time_dim=time_dim, seed=seed)
+        return unet, _vae(seed), [_te(hidden=64, act="gelu", projection=pooled, seed=seed)], Family.SDXL_REFINER
     raise ValueError(family)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 from .spec import Family, TextEncoderSpec, UNetSpec, VAESpec
 
 NORM_GROUPS = 32  # every SD-family UNet and VAE uses 32 groups; not visible in shapes
-TEXT_TIME_EMBED_DIM = 256  # SDXL size/crop/target (or aesthetic score) embedding width per id
+TEXT_TIME_EMBED_DIM = 256  # SDXL size/crop/target (or aesthetic score) embedding width per id, when not known
 
 
 def unet_config(spec: UNetSpec, family: Family, sample_size: int = 64) -> dict:
@@ -35,7 +35,7 @@ def unet_config(spec: UNetSpec, family: Family, sample_size: int = 64) -> dict:
     if spec.adm_in_channels:
         cfg.update(
             addition_embed_type="text_time",
-            addition_time_embed_dim=TEXT_TIME_EMBED_DIM,
+            addition_time_embed_dim=spec.time_embed_dim or TEXT_TIME_EMBED_DIM,
             projection_class_embeddings_input_dim=spec.adm_in_channels,
         )
     return cfg
@@ -67,6 +67,7 @@ def unet_spec_from_config(cfg) -> UNetSpec:
         adm_in_channels=cfg.get("projection_class_embeddings_input_dim") if cfg.get("addition_embed_type") else None,
         heads=heads if not lin else None,
         head_channels=None if not lin else 64,
+        time_embed_dim=cfg.get("addition_time_embed_dim") if cfg.get("addition_embed_type") else None,
     )
 
 

@@ -46,6 +46,9 @@ class UNetSpec:
     adm_in_channels: int | None  # SDXL-style extra conditioning ("label_emb")
     heads: int | None  # fixed head count (SD1 convention) or None …
     head_channels: int | None  # … or fixed channels per head (SD2/SDXL)
+    # SDXL: width of each size/crop/target (refiner: aesthetic score) id's embedding; the extra conditioning is the
+    # pooled text embedding followed by these, so it is read from the shapes once the text encoders are known.
+    time_embed_dim: int | None = None
 
     @property
     def block_out_channels(self) -> tuple[int, ...]:
@@ -270,6 +273,8 @@ def detect(shapes: dict[str, tuple[int, ...]], metadata: dict[str, str] | None =
         raise UnknownLayoutError(
             f"UNet context size {unet.context_dim} does not match the text encoder width {[t.hidden_size for t in tes]}"
         )
+    if unet.adm_in_channels:
+        unet = replace(unet, time_embed_dim=time_embed_dim(unet.adm_in_channels, tes[-1].projection_dim, family))
     variant = {4: "base", 9: "inpaint", 8: "pix2pix"}.get(unet.in_channels)
     if variant is None:
         raise UnknownLayoutError(f"unsupported UNet input channels: {unet.in_channels}")
@@ -281,6 +286,17 @@ def detect(shapes: dict[str, tuple[int, ...]], metadata: dict[str, str] | None =
         prediction = "v"
         notes.append("v_pred key present")
     return ModelSpec(family, variant, prediction, unet, vae, tes, tuple(notes))
+
+
+def time_embed_dim(adm_in_channels: int, pooled_dim: int | None, family: Family) -> int:
+    """The per-id width of SDXL's size/crop embedding: ``adm_in_channels`` = pooled + ids × width (6 ids for SDXL
+    base — original size, crop, target size —, 5 for the refiner — original size, crop, aesthetic score)."""
+    ids = 6 if family is Family.SDXL else 5
+    extra = adm_in_channels - (pooled_dim or 0)
+    if not pooled_dim or extra <= 0 or extra % ids:
+        raise UnknownLayoutError(f"extra conditioning of {adm_in_channels} channels is not the pooled text embedding "
+                                 f"({pooled_dim}) and {ids} equal size/crop embeddings")
+    return extra // ids
 
 
 def guess_prediction(spec: ModelSpec, probe_std: float | None) -> str:

@@ -3,6 +3,9 @@
 All sub-prompts (AND) of all images and the uncond rows go through the UNet in one batch; the uncond rows are
 left out when CFG is 1 and every image has a single sub-prompt of weight 1, and on the steps :class:`UncondSkip`
 (A1111's NGMS) picks. Result per image: ``uncond + Σ w_j · cfg · (cond_j − uncond)``.
+
+instruct-pix2pix with an ``image_cfg_scale`` other than 1 adds an uncond row without the image (A1111's edit-model
+guidance): ``uncond + Σ w_j · cfg · (cond_j − uncond) + (image_cfg − 1) · (uncond − uncond_without_image)``.
 """
 from __future__ import annotations
 
@@ -63,7 +66,10 @@ class CFGDenoiser:
         self.uncond_skip = uncond_skip
         self.control = control  # the job's stop flags, checked inside the UNet call too (modules.processing.interrupt)
         self.step = 0
-        self.use_uncond = not (self.cfg == 1.0 and all(c.plain for c in conds))
+        image_cfg = getattr(params, "image_cfg_scale", None)
+        edit = model.spec.variant == "pix2pix" and image_cond is not None and image_cfg not in (None, 1.0)
+        self.image_cfg = float(image_cfg) if edit else None
+        self.use_uncond = edit or not (self.cfg == 1.0 and all(c.plain for c in conds))
         self.prediction = "v_prediction" if model.spec.prediction == "v" else "epsilon"
 
     def on_step(self, info) -> None:
@@ -71,12 +77,15 @@ class CFGDenoiser:
         self.step = info.step + 1
 
     def _rows(self, with_uncond: bool):
-        rows: list[tuple[int, float | None, Conditioning]] = []  # (image, weight or None for uncond, cond)
+        # (image, weight or None for uncond, cond, whether the row gets the image conditioning)
+        rows: list[tuple[int, float | None, Conditioning, bool]] = []
         for i, c in enumerate(self.conds):
             for weight, sched in c.subprompts:
-                rows.append((i, weight, at_step(sched, self.step)))
+                rows.append((i, weight, at_step(sched, self.step), True))
             if with_uncond:
-                rows.append((i, None, at_step(c.uncond, self.step)))
+                rows.append((i, None, at_step(c.uncond, self.step), True))
+                if self.image_cfg is not None:
+                    rows.append((i, None, at_step(c.uncond, self.step), False))
         return rows
 
     def _context(self, conds: list[Conditioning]) -> torch.Tensor:
@@ -97,7 +106,7 @@ class CFGDenoiser:
             return None
         h, w = self.size
         ids = []
-        for _, weight, _ in rows:
+        for _, weight, _, _ in rows:
             if spec.family is Family.SDXL_REFINER:
                 ids.append([h, w, 0, 0, REFINER_AESTHETIC[0] if weight is not None else REFINER_AESTHETIC[1]])
             else:
@@ -108,6 +117,8 @@ class CFGDenoiser:
     def _run_unet(self, call: UnetCall) -> torch.Tensor:
         unet = self.model.unet
         dev, dtype = unet.device, unet.dtype
+        if self.offloader is not None and self.offloader.plan.offload == "lowvram":
+            dev = self.offloader.plan.device  # the weights wait on the CPU; every input goes where the blocks run
         added = {k: v.to(dev, dtype) for k, v in call.added_cond.items()} if call.added_cond else None
         kwargs = {}
         if call.down_residuals is not None:
@@ -129,7 +140,10 @@ class CFGDenoiser:
         sigma_rows = sigma[index]
         x_in = x_rows * c_in(sigma_rows, x_rows)
         if self.image_cond is not None:
-            x_in = torch.cat([x_in, self.image_cond[index].to(x_in)], dim=1)
+            image_cond = self.image_cond[index].to(x_in)
+            if self.image_cfg is not None:
+                image_cond = image_cond * torch.tensor([float(r[3]) for r in rows]).to(x_in).view(-1, 1, 1, 1)
+            x_in = torch.cat([x_in, image_cond], dim=1)
         call = UnetCall(
             x=x_in, sigma=sigma_rows, timestep=self.schedule.sigma_to_t(sigma_rows).float(),
             context=self._context(conds), added_cond=self._added(rows, conds), step=self.step,
@@ -144,15 +158,18 @@ class CFGDenoiser:
 
         result = torch.empty_like(x)
         for i in range(x.shape[0]):
-            mine = [(r[1], denoised_rows[j]) for j, r in enumerate(rows) if r[0] == i]
-            uncond = next((d for w, d in mine if w is None), None)
-            positives = [(w, d) for w, d in mine if w is not None]
+            mine = [(r[1], r[3], denoised_rows[j]) for j, r in enumerate(rows) if r[0] == i]
+            uncond = next((d for w, image, d in mine if w is None and image), None)
+            bare = next((d for w, image, d in mine if w is None and not image), None)  # uncond without the image
+            positives = [(w, d) for w, _, d in mine if w is not None]
             if skipped:
                 uncond = positives[0][1]
             if uncond is None:
                 result[i] = sum(w * d for w, d in positives)
             else:
                 result[i] = uncond + sum(w * self.cfg * (d - uncond) for w, d in positives)
+                if bare is not None:
+                    result[i] += (self.image_cfg - 1) * (uncond - bare)
         cfg = AfterCfg(result, x, sigma, self.step, self.total_steps, self.params)
         self.hooks.run(HookPoint.AFTER_CFG, cfg)
         denoised = cfg.denoised

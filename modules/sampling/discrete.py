@@ -95,13 +95,12 @@ class DiscreteSchedule:
         return t.to(sigma.device)
 
     def t_to_sigma(self, t: torch.Tensor | float) -> torch.Tensor:
-        """Sigma at a (possibly fractional) timestep, interpolating linearly in log-sigma."""
+        """Sigma at a (possibly fractional) timestep: log-sigma interpolated linearly from the two timesteps around
+        it (exact at integer timesteps); ``t`` is clamped to [0, num_timesteps - 1]."""
         t = torch.as_tensor(t, dtype=torch.float32)
-        tc = t.to("cpu").clamp(0, self.num_timesteps - 1)
-        low = tc.floor().long()
-        high = tc.ceil().long()
-        w = tc - low
-        log_sigma = (1 - w) * self.log_sigmas[low] + w * self.log_sigmas[high]
+        position = t.to("cpu").clamp(0, self.num_timesteps - 1)
+        below = position.floor().clamp(max=self.num_timesteps - 2).long()
+        log_sigma = torch.lerp(self.log_sigmas[below], self.log_sigmas[below + 1], position - below)
         return log_sigma.exp().to(t.device)
 
 

@@ -1,23 +1,27 @@
 """Seeds and noise: reproducible, batch-independent initial and per-step noise.
 
 Image ``i`` of a batch owns a ``torch.Generator`` seeded with its own seed. The initial noise is the first draw of
-that generator and every later draw (the per-step noise of ancestral and SDE samplers) continues the same
+that generator and every later draw (the per-step noise of ancestral samplers and the like) continues the same
 generator, so an image comes out the same whether it is generated alone or inside any batch. Noise is drawn on the
 CPU by default and then moved, which reproduces across GPUs and vendors (A1111's "CPU" RNG source draws the same
-initial noise for the same seed and latent shape).
+initial noise for the same seed and latent shape). The SDE samplers get their per-step noise from one Brownian
+tree per image seed instead (:class:`BrownianNoise`), as in A1111.
 """
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torchsde
 
 MAX_SEED = 4294967294  # A1111 draws random seeds from [0, 2**32 - 2)
 NoiseSource = Literal["cpu", "device"]
+_TREE_TOLERANCE = 1e-6  # torchsde's default for BrownianTree, which A1111's trees use
 
 
 def resolve_seed(seed: int, rng: random.Random | None = None) -> int:
@@ -97,6 +101,7 @@ class SeededNoise:
     Usable directly as a sampler's ``noise_sampler``: ``noise(sigma, sigma_next)`` returns one fresh standard normal
     tensor of shape ``[batch, *shape]`` (the sigmas are ignored: every call is independent noise). Call
     :meth:`initial` first; per-step draws continue each image's generator after its initial noise.
+    :meth:`brownian` gives the SDE samplers' noise for the same images.
     """
 
     def __init__(self, settings: NoiseSettings) -> None:
@@ -142,6 +147,63 @@ class SeededNoise:
             self.generators = [self._generator(seed + s.eta_noise_seed_delta) for seed in s.seeds]
         return self._finish(images)
 
-    def __call__(self, sigma: float | None = None, sigma_next: float | None = None) -> torch.Tensor:
-        """Fresh per-step noise for every image, each from its own generator."""
-        return self._finish([self._randn(self.settings.shape, g) for g in self.generators])
+    def __call__(self, sigma: float | None = None, sigma_next: float | None = None,
+                 rows: Sequence[bool] | None = None) -> torch.Tensor:
+        """Fresh per-step noise for every image, each from its own generator.
+
+        ``rows`` (one flag per image) limits the draw to the flagged images; the others' generators do not advance
+        and their rows are zero (DPM adaptive, whose images accept steps at different times, uses it)."""
+        flags = [True] * len(self.generators) if rows is None else [bool(r) for r in rows]
+        shape = tuple(self.settings.shape)
+        return self._finish([self._randn(shape, g) if on else torch.zeros(shape, device=self._generator_device())
+                             for g, on in zip(self.generators, flags)])
+
+    def brownian(self, sigmas: torch.Tensor) -> BrownianNoise:
+        """The Brownian-tree noise of these images for a run over ``sigmas`` (A1111's SDE samplers' noise)."""
+        positive = sigmas[sigmas > 0]
+        s = self.settings
+        return BrownianNoise(s.seeds, s.shape, float(positive.min()), float(sigmas.max()), s.device, s.dtype)
+
+
+class BrownianNoise:
+    """Per-step noise from one Brownian motion W(sigma) per image, as A1111 gives its SDE samplers.
+
+    ``noise(sigma, sigma_next)`` is ``(W(sigma_next) - W(sigma)) / sqrt(|sigma_next - sigma|)``: standard normal for
+    every step, but the steps' noises are increments of one path, so a finer schedule refines the same path
+    instead of drawing new noise. Image i's path is a ``torchsde.BrownianTree`` over [sigma_min, sigma_max]
+    seeded with ``entropy=seeds[i]`` and torchsde's defaults (tolerance 1e-6, no Lévy area), float32 on the
+    latents' device: the trees k-diffusion's ``BrownianTreeNoiseSampler`` builds for A1111 from the batch's seeds,
+    so the same seed gives A1111's noise (on CUDA, the tree draws on the GPU as A1111's does). Trees are built at
+    the first call, so a one-step run (sigma_min == sigma_max) that never asks for noise needs none.
+    """
+
+    def __init__(self, seeds: Sequence[int], shape: Sequence[int], sigma_min: float, sigma_max: float,
+                 device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        if not seeds:
+            raise ValueError("at least one seed is needed")
+        self.seeds = [int(seed) for seed in seeds]
+        self.shape = tuple(shape)
+        self.sigma_min, self.sigma_max = sigma_min, sigma_max
+        self.device, self.dtype = torch.device(device), dtype
+        self._trees: list[torchsde.BrownianTree] | None = None
+
+    def _paths(self) -> list[torchsde.BrownianTree]:
+        if self._trees is None:
+            start = torch.zeros(self.shape, dtype=torch.float32, device=self.device)
+            self._trees = [torchsde.BrownianTree(self.sigma_min, start, self.sigma_max, entropy=seed,
+                                                 tol=_TREE_TOLERANCE) for seed in self.seeds]
+        return self._trees
+
+    def __call__(self, sigma: float, sigma_next: float, rows: Sequence[bool] | None = None) -> torch.Tensor:
+        """The normalised increment of every image's path from ``sigma`` to ``sigma_next`` (``rows``: as
+        :meth:`SeededNoise.__call__`; the tree has no stream to advance, so it only zeroes the other rows)."""
+        lo, hi = sorted((float(sigma), float(sigma_next)))
+        scale = (1.0 if sigma_next > sigma else -1.0) / math.sqrt(hi - lo)
+        # torchsde rounds the tree's ends to its tolerance and clamps (with a warning) queries outside them; clamping
+        # here first gives the same increments without the warning
+        digits = -round(math.log10(_TREE_TOLERANCE))
+        lo, hi = max(lo, round(self.sigma_min, digits)), min(hi, round(self.sigma_max, digits))
+        flags = [True] * len(self.seeds) if rows is None else [bool(r) for r in rows]
+        increments = [tree(lo, hi) * scale if on else torch.zeros(self.shape, device=self.device)
+                      for tree, on in zip(self._paths(), flags)]
+        return torch.stack(increments).to(self.dtype)

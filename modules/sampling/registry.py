@@ -48,7 +48,8 @@ class SamplerInfo:
     model's own sigmas, for which ``native_schedule`` says which of our schedules that is. ``options`` are fixed
     keyword arguments of ``function`` (e.g. the Heun variant of DPM++ 2M SDE). ``discard_next_to_last_sigma``: the
     schedule is made one step longer and its second-to-last sigma dropped (A1111 does this for DPM2, DPM2 a and
-    DPM++ 3M SDE). ``stochastic``: needs a ``noise_sampler``.
+    DPM++ 3M SDE). ``stochastic``: needs a ``noise_sampler``. ``brownian_noise``: A1111 gives it Brownian-tree noise
+    seeded per image (:meth:`~modules.sampling.noise.SeededNoise.brownian`) instead of the images' generators.
     """
 
     name: str
@@ -58,6 +59,7 @@ class SamplerInfo:
     native_schedule: str = "uniform"
     stochastic: bool = False
     discard_next_to_last_sigma: bool = False
+    brownian_noise: bool = False
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
@@ -111,16 +113,17 @@ SCHEDULES: tuple[ScheduleInfo, ...] = (
 # Listed in A1111's order; the first is the default sampler.
 SAMPLERS: tuple[SamplerInfo, ...] = (
     SamplerInfo("DPM++ 2M", samplers.dpmpp_2m, ("k_dpmpp_2m",), default_schedule="karras"),
-    SamplerInfo("DPM++ SDE", samplers.dpmpp_sde, ("k_dpmpp_sde",), default_schedule="karras", stochastic=True),
+    SamplerInfo("DPM++ SDE", samplers.dpmpp_sde, ("k_dpmpp_sde",), default_schedule="karras", stochastic=True,
+                brownian_noise=True),
     SamplerInfo("DPM++ 2M SDE", samplers.dpmpp_2m_sde, ("k_dpmpp_2m_sde",), default_schedule="exponential",
-                stochastic=True),
+                stochastic=True, brownian_noise=True),
     SamplerInfo("DPM++ 2M SDE Heun", samplers.dpmpp_2m_sde, ("k_dpmpp_2m_sde_heun",),
-                default_schedule="exponential", stochastic=True,
+                default_schedule="exponential", stochastic=True, brownian_noise=True,
                 options=MappingProxyType({"solver_type": "heun"})),
     SamplerInfo("DPM++ 2S a", samplers.dpmpp_2s_ancestral, ("k_dpmpp_2s_a",), default_schedule="karras",
                 stochastic=True),
     SamplerInfo("DPM++ 3M SDE", samplers.dpmpp_3m_sde, ("k_dpmpp_3m_sde",), default_schedule="exponential",
-                stochastic=True, discard_next_to_last_sigma=True),
+                stochastic=True, discard_next_to_last_sigma=True, brownian_noise=True),
     SamplerInfo("Euler a", samplers.euler_ancestral, ("k_euler_a", "k_euler_ancestral"), stochastic=True),
     SamplerInfo("Euler", samplers.euler, ("k_euler",)),
     SamplerInfo("LMS", samplers.lms, ("k_lms",)),

@@ -10,7 +10,8 @@ Every sampler has the signature::
 - ``sigmas``: a descending schedule ending at 0 (see :mod:`modules.sampling.schedules`).
 - ``callback(StepInfo)``: called once per step after the step's first model evaluation.
 - ``noise_sampler(sigma, sigma_next) -> tensor`` of x's shape: required by the stochastic samplers (ancestral, SDE,
-  LCM, Restart, DDIM with eta > 0); see :class:`modules.sampling.noise.SeededNoise`.
+  LCM, Restart, DDIM with eta > 0); see :class:`modules.sampling.noise.SeededNoise` and, for the SDE samplers,
+  :class:`modules.sampling.noise.BrownianNoise`. DPM adaptive also passes ``rows=`` where the sampler takes it.
 - ``control``: a :class:`SamplingControl`; when ``interrupted`` or ``skipped`` is set, the sampler returns the
   current x at the start of the next step, before any further model evaluation. A model evaluation may also stop
   inside itself by raising :class:`Interrupted`; it leaves the sampler carrying the x its step started from (what
@@ -21,6 +22,7 @@ Nothing here keeps state between calls; the same inputs give the same outputs.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -286,11 +288,27 @@ def dpmpp_2s_ancestral(model, x, sigmas, *, extra_args=None, callback=None, nois
     return x
 
 
+def _float32_lambda_points(device: torch.device, sigma: float, sigma_next: float, r: float) -> tuple[float, ...]:
+    """sigma, the sigma at lambda + r·h, and sigma_next, each taken through lambda = -log(sigma) with float32 scalar
+    tensors on ``device``.
+
+    A1111's DPM++ SDE computes its sigmas this way, and its Brownian tree, queried at them, rounds times to 1e-6:
+    the last bits of these values decide which noise comes out.
+    """
+    def scalar(value: float) -> torch.Tensor:
+        return torch.tensor(value, dtype=torch.float32, device=device)
+
+    lam, lam_next = -scalar(sigma).log(), -scalar(sigma_next).log()
+    lam_mid = lam + (lam_next - lam) * r
+    return tuple(float((-point).exp()) for point in (lam, lam_mid, lam_next))
+
+
 def dpmpp_sde(model, x, sigmas, *, extra_args=None, callback=None, noise_sampler=None, control=None,
               eta=1.0, s_noise=1.0, r=0.5):
-    """DPM++ SDE: a stochastic two-stage DPM-Solver++ step, the stage at lambda + r·h.
+    """DPM++ SDE: a stochastic two-stage DPM-Solver++ step (Lu et al. 2022b), the stage at lambda + r·h.
 
-    Each of the two stages draws its own noise from ``noise_sampler`` (independent per call, not a Brownian tree).
+    Both stages add noise; with A1111's Brownian-tree noise the stage's sigmas are A1111's float32 values
+    (:func:`_float32_lambda_points`).
     """
     noise_sampler = _require_noise(noise_sampler, "DPM++ SDE")
     run = _Run(model, x, extra_args, callback, control)
@@ -300,8 +318,7 @@ def dpmpp_sde(model, x, sigmas, *, extra_args=None, callback=None, noise_sampler
         if s_next == 0:
             x = x + _to_d(x, s, denoised) * (s_next - s)
             continue
-        h = math.log(s / s_next)
-        s_mid = s * math.exp(-r * h)
+        s, s_mid, s_next = _float32_lambda_points(run.device, s, s_next, r)
         down, up = ancestral_split(s, s_mid, eta)
         x_mid = (down / s) * x - math.expm1(-math.log(s / down)) * denoised
         if up > 0:
@@ -354,11 +371,34 @@ def lms(model, x, sigmas, *, extra_args=None, callback=None, noise_sampler=None,
     return x
 
 
-def dpmpp_2m(model, x, sigmas, *, extra_args=None, callback=None, noise_sampler=None, control=None):
-    """DPM++ 2M: second-order multistep DPM-Solver++ (data prediction); first and last steps are first order."""
+def _kernel_moments(big_h: float, count: int) -> list[float]:
+    """``I_k = ∫_0^1 H e^{-H (1 - u)} u^k du`` for k < ``count``.
+
+    In an exponential-integrator step whose x decays by ``e^{-H}``, a data prediction that varies as ``u^k`` over
+    the step (u: the fraction of the step done) enters x with weight ``I_k``. ``I_0 = 1 - e^{-H}``, and
+    integrating by parts, ``I_k = 1 - k I_{k-1} / H``.
+    """
+    moments = [-math.expm1(-big_h)]
+    for k in range(1, count):
+        moments.append(1 - k * moments[-1] / big_h)
+    return moments
+
+
+def _dpmpp_multistep(model, x, sigmas, *, extra_args, callback, control, noise_sampler, eta: float, s_noise: float,
+                     order: int, exact_slope: bool):
+    """Multistep DPM-Solver++ (Lu et al. 2022b) on data predictions, with SDE noise for ``eta > 0``.
+
+    From sigma to sigma_next (h = log(sigma / sigma_next), decay H = (1 + eta) h) the exact solution for a data
+    prediction D(u) over the step is ``x_next = e^{-H} x + ∫ D`` (kernel of :func:`_kernel_moments`) plus noise of
+    std ``sigma_next sqrt(1 - e^{-2 eta h})``. D is extrapolated from this step's prediction and up to
+    ``order - 1`` earlier ones, which sit at u = -r (r: their distance in lambda in units of h):
+    D(u) ≈ D0 + a u (+ c u² from three predictions). The slope term gets weight ``I_1`` (``exact_slope``), or
+    ``I_0 / 2``, its value at the step's midpoint (DPM++ 2M and 2M SDE "midpoint"). The curvature term gets
+    ``I_2 / 2``, half its moment, as in the published third-order multistep update (A1111's numbers depend on
+    it). A step to sigma 0 returns D0.
+    """
     run = _Run(model, x, extra_args, callback, control)
-    previous: torch.Tensor | None = None
-    h_last = 0.0
+    past: list[tuple[float, torch.Tensor]] = []  # (h of the step it started, prediction), most recent first
     for i, s, s_next in run.steps(sigmas):
         denoised = run.denoise(x, s)
         run.report(i, _total(sigmas), s, s_next, x, denoised)
@@ -366,76 +406,48 @@ def dpmpp_2m(model, x, sigmas, *, extra_args=None, callback=None, noise_sampler=
             x = denoised
             continue
         h = math.log(s / s_next)
-        target = denoised
-        if previous is not None:
-            r = h_last / h
-            target = (1 + 1 / (2 * r)) * denoised - (1 / (2 * r)) * previous
-        x = (s_next / s) * x - math.expm1(-h) * target
-        previous, h_last = denoised, h
+        big_h = (1 + eta) * h
+        moments = _kernel_moments(big_h, 3)
+        x = math.exp(-big_h) * x + moments[0] * denoised
+        if past:
+            r1 = past[0][0] / h
+            slope = (denoised - past[0][1]) / r1
+            if len(past) == 2:
+                r2 = past[1][0] / h
+                curvature = (slope - (past[0][1] - past[1][1]) / r2) / (r1 + r2)
+                slope = slope + curvature * r1
+                x = x + (moments[2] / 2) * curvature
+            x = x + (moments[1] if exact_slope else moments[0] / 2) * slope
+        if eta > 0:
+            x = x + noise_sampler(s, s_next) * (s_next * math.sqrt(-math.expm1(-2 * eta * h)) * s_noise)
+        past = [(h, denoised)] + past[:order - 2]
     return x
+
+
+def dpmpp_2m(model, x, sigmas, *, extra_args=None, callback=None, noise_sampler=None, control=None):
+    """DPM++ 2M: DPM-Solver++(2M) (Lu et al. 2022b), second-order multistep on data predictions."""
+    return _dpmpp_multistep(model, x, sigmas, extra_args=extra_args, callback=callback, control=control,
+                            noise_sampler=None, eta=0.0, s_noise=1.0, order=2, exact_slope=False)
 
 
 def dpmpp_2m_sde(model, x, sigmas, *, extra_args=None, callback=None, noise_sampler=None, control=None,
                  eta=1.0, s_noise=1.0, solver_type="midpoint"):
-    """DPM++ 2M SDE: multistep second-order solver of the diffusion SDE ("midpoint" or "heun" correction)."""
+    """DPM++ 2M SDE: SDE-DPM-Solver++(2M) (Lu et al. 2022b); ``solver_type`` "midpoint" or "heun" (exact slope)."""
     if solver_type not in ("midpoint", "heun"):
         raise ValueError(f"DPM++ 2M SDE solver_type must be 'midpoint' or 'heun', got {solver_type!r}")
     noise_sampler = _require_noise(noise_sampler, "DPM++ 2M SDE")
-    run = _Run(model, x, extra_args, callback, control)
-    previous: torch.Tensor | None = None
-    h_last = 0.0
-    for i, s, s_next in run.steps(sigmas):
-        denoised = run.denoise(x, s)
-        run.report(i, _total(sigmas), s, s_next, x, denoised)
-        if s_next == 0:
-            x = denoised
-            continue
-        h = math.log(s / s_next)
-        eta_h = eta * h
-        decay = -math.expm1(-h - eta_h)
-        x = (s_next / s) * math.exp(-eta_h) * x + decay * denoised
-        if previous is not None:
-            weight = 0.5 * decay if solver_type == "midpoint" else 1 - decay / (h + eta_h)
-            x = x + (weight * h / h_last) * (denoised - previous)
-        if eta > 0:
-            x = x + noise_sampler(s, s_next) * (s_next * math.sqrt(-math.expm1(-2 * eta_h)) * s_noise)
-        previous, h_last = denoised, h
-    return x
+    return _dpmpp_multistep(model, x, sigmas, extra_args=extra_args, callback=callback, control=control,
+                            noise_sampler=noise_sampler, eta=eta, s_noise=s_noise, order=2,
+                            exact_slope=solver_type == "heun")
 
 
 def dpmpp_3m_sde(model, x, sigmas, *, extra_args=None, callback=None, noise_sampler=None, control=None,
                  eta=1.0, s_noise=1.0):
-    """DPM++ 3M SDE: third-order multistep solver of the diffusion SDE (lower order while history builds up)."""
+    """DPM++ 3M SDE: the SDE multistep DPM-Solver++ (Lu et al. 2022b) taken to third order (lower while the
+    history builds up)."""
     noise_sampler = _require_noise(noise_sampler, "DPM++ 3M SDE")
-    run = _Run(model, x, extra_args, callback, control)
-    prev1: torch.Tensor | None = None
-    prev2: torch.Tensor | None = None
-    h1 = h2 = 0.0
-    for i, s, s_next in run.steps(sigmas):
-        denoised = run.denoise(x, s)
-        run.report(i, _total(sigmas), s, s_next, x, denoised)
-        if s_next == 0:
-            x = denoised
-            continue
-        h = math.log(s / s_next)
-        h_eta = h * (eta + 1)
-        x = math.exp(-h_eta) * x - math.expm1(-h_eta) * denoised
-        phi_2 = math.expm1(-h_eta) / h_eta + 1
-        if prev2 is not None:
-            r0, r1 = h1 / h, h2 / h
-            d1_0 = (denoised - prev1) / r0
-            d1_1 = (prev1 - prev2) / r1
-            d1 = d1_0 + (d1_0 - d1_1) * (r0 / (r0 + r1))
-            d2 = (d1_0 - d1_1) / (r0 + r1)
-            phi_3 = phi_2 / h_eta - 0.5
-            x = x + phi_2 * d1 - phi_3 * d2
-        elif prev1 is not None:
-            x = x + phi_2 * (denoised - prev1) * (h / h1)
-        if eta > 0:
-            x = x + noise_sampler(s, s_next) * (s_next * math.sqrt(-math.expm1(-2 * h * eta)) * s_noise)
-        prev1, prev2 = denoised, prev1
-        h1, h2 = h, h1
-    return x
+    return _dpmpp_multistep(model, x, sigmas, extra_args=extra_args, callback=callback, control=control,
+                            noise_sampler=noise_sampler, eta=eta, s_noise=s_noise, order=3, exact_slope=True)
 
 
 _PLMS_WEIGHTS = {1: (3 / 2, -1 / 2), 2: (23 / 12, -16 / 12, 5 / 12), 3: (55 / 24, -59 / 24, 37 / 24, -9 / 24)}
@@ -465,30 +477,36 @@ def plms(model, x, sigmas, *, extra_args=None, callback=None, noise_sampler=None
     return x
 
 
-def _unipc_coefficients(rks: list[float], hh: float, order: int, variant: str) -> tuple[np.ndarray, np.ndarray, float]:
-    """The UniPC linear system ``R rho = b`` (in float64) and the scale ``B(h)`` for ``hh = -h``."""
-    b_h = hh if variant == "bh1" else math.expm1(hh)
-    rows, rhs = [], []
-    h_phi_k = math.expm1(hh) / hh - 1
-    factorial = 1
-    for k in range(1, order + 1):
-        rows.append([rk ** (k - 1) for rk in rks])
-        rhs.append(h_phi_k * factorial / b_h)
-        factorial *= k + 1
-        h_phi_k = h_phi_k / hh - 1 / factorial
-    return np.array(rows), np.array(rhs), b_h
+def _unipc_weights(nodes: list[float], h: float, variant: str) -> list[float]:
+    """Weights of the differences ``(m_k - m_0) / r_k`` of data predictions at ``nodes`` r_k (UniPC's B(h)
+    system, Zhao et al. 2023).
+
+    Several nodes: the weights solve ``sum_k w_k r_k^(j-1) = I_j(h)`` for j = 1 … n (moments of
+    :func:`_kernel_moments`), which integrates a prediction polynomial in lambda of degree n exactly; UniPC's
+    B(h) cancels from that solution. A single node: UniPC fixes rho = 1/2, so the weight is B(h) / 2, with
+    B(h) = h ("bh1") or 1 - e^{-h} ("bh2").
+    """
+    if len(nodes) == 1:
+        return [0.5 * (h if variant == "bh1" else -math.expm1(-h))]
+    powers = np.array([[r**j for r in nodes] for j in range(len(nodes))])
+    return np.linalg.solve(powers, _kernel_moments(h, len(nodes) + 1)[1:]).tolist()
 
 
-def _unipc_differences(history: list[tuple[float, torch.Tensor]], order: int, h: float) -> tuple[list[float], list]:
-    """Normalised differences of past data predictions relative to the newest one (``history[-1]``)."""
+def _unipc_step(x: torch.Tensor, sigma: float, sigma_next: float, history: list[tuple[float, torch.Tensor]],
+                order: int, variant: str, new: torch.Tensor | None = None) -> torch.Tensor:
+    """x moved from ``sigma`` (the lambda of ``history[-1]``) to ``sigma_next``: the first-order data-prediction
+    step plus UniPC's terms from the ``order - 1`` past predictions before ``history[-1]`` and, for the
+    corrector, ``new``, the prediction at ``sigma_next``."""
+    h = math.log(sigma / sigma_next)
     lam0, m0 = history[-1]
-    rks, diffs = [], []
-    for k in range(1, order):
-        lam_k, m_k = history[-(k + 1)]
-        rk = (lam_k - lam0) / h
-        rks.append(rk)
-        diffs.append((m_k - m0) / rk)
-    return rks + [1.0], diffs
+    terms = [((lam - lam0) / h, m) for lam, m in history[len(history) - order:-1]]
+    if new is not None:
+        terms.append((1.0, new))
+    x = (sigma_next / sigma) * x - math.expm1(-h) * m0
+    if terms:
+        weights = _unipc_weights([r for r, _ in terms], h, variant)
+        x = x + sum(w * (m - m0) / r for w, (r, m) in zip(weights, terms))
+    return x
 
 
 def unipc(model, x, sigmas, *, extra_args=None, callback=None, noise_sampler=None, control=None,
@@ -503,37 +521,21 @@ def unipc(model, x, sigmas, *, extra_args=None, callback=None, noise_sampler=Non
         raise ValueError(f"UniPC variant must be 'bh1' or 'bh2', got {variant!r}")
     run = _Run(model, x, extra_args, callback, control)
     n = _total(sigmas)
-    history: list[tuple[float, torch.Tensor]] = []  # (lambda = -log sigma, data prediction)
-    x_before: torch.Tensor | None = None
-    last_order = 0
+    history: list[tuple[float, torch.Tensor]] = []  # (lambda = -log sigma, data prediction), newest last
+    predicted: tuple[torch.Tensor, float, int] | None = None  # the last predictor's start x, sigma and order
     for i, s, s_next in run.steps(sigmas):
         denoised = run.denoise(x, s)
         run.report(i, n, s, s_next, x, denoised)
-        lam = -math.log(s)
-        if x_before is not None:  # UniC: correct x (reached by the last predictor) with the new evaluation
-            lam0, m0 = history[-1]
-            h = lam - lam0
-            rks, diffs = _unipc_differences(history, last_order, h)
-            rows, rhs, b_h = _unipc_coefficients(rks, -h, last_order, variant)
-            rhos = np.array([0.5]) if last_order == 1 else np.linalg.solve(rows, rhs)
-            corr = sum(float(rho) * d for rho, d in zip(rhos[:-1], diffs))
-            x_first_order = (s / math.exp(-lam0)) * x_before - math.expm1(-h) * m0
-            x = x_first_order - b_h * (corr + float(rhos[-1]) * (denoised - m0))
-        history = (history + [(lam, denoised)])[-order:]
-        step_order = min(order, n - i) if lower_order_final else order
-        step_order = min(step_order, len(history))
-        x_before, last_order = x, step_order
+        if predicted is not None:  # UniC: redo the last step with this evaluation as one more node
+            x_start, s_start, step_order = predicted
+            x = _unipc_step(x_start, s_start, s, history, step_order, variant, new=denoised)
+        history = (history + [(-math.log(s), denoised)])[-order:]
         if s_next == 0:
             x = denoised
             continue
-        h = math.log(s / s_next)
-        x_next = (s_next / s) * x - math.expm1(-h) * denoised
-        if step_order >= 2:  # UniP
-            rks, diffs = _unipc_differences(history, step_order, h)
-            rows, rhs, b_h = _unipc_coefficients(rks, -h, step_order, variant)
-            rhos = [0.5] if step_order == 2 else np.linalg.solve(rows[:-1, :-1], rhs[:-1]).tolist()
-            x_next = x_next - b_h * sum(float(rho) * d for rho, d in zip(rhos, diffs))
-        x = x_next
+        step_order = min(order, n - i, len(history)) if lower_order_final else min(order, len(history))
+        predicted = (x, s, step_order)
+        x = _unipc_step(x, s, s_next, history, step_order, variant)
     return x
 
 
@@ -587,54 +589,60 @@ def restart(model, x, sigmas, *, extra_args=None, callback=None, noise_sampler=N
     return x
 
 
-# --- DPM-Solver (eps form) with fixed and adaptive steps --------------------------------------------------------
+# --- DPM-Solver (noise prediction) with fixed and adaptive steps -------------------------------------------------
+# In lambda = -log(sigma) the probability-flow ODE reads dx/dlambda = -sigma(lambda) eps(x, lambda). Taking eps as
+# eps0 + (lambda' - lambda) * slope over a sub-step of length L = rho * h, it integrates exactly to
+#     x_end = x - sigma_end (e^L - 1) eps0 - sigma_end (e^L - 1 - L) slope.
+# DPM-Solver-1/2/3 are this with slopes estimated from eps at intermediate points. Lambdas here are float64
+# tensors of shape [batch, 1, ...], one value per batch item.
 
-class _EpsSolver:
-    """DPM-Solver-1/2/3 steps in t = -log(sigma); ``t`` values are float64 tensors of shape [batch, 1, ...]."""
+def _eps_at(run: _Run, x: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
+    sigma = torch.exp(-lam)
+    return (x - run.denoise(x, sigma.reshape(-1).to(torch.float32))) / sigma.to(x.dtype)
 
-    def __init__(self, run: _Run) -> None:
-        self.run = run
 
-    def eps(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        sigma = torch.exp(-t)
-        denoised = self.run.denoise(x, sigma.reshape(-1).to(torch.float32))
-        return (x - denoised) / sigma.to(x.dtype)
+def _exp_step(x: torch.Tensor, lam: torch.Tensor, h: torch.Tensor, rho: float, eps0: torch.Tensor,
+              later: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
+    """x moved from ``lam`` to ``lam + rho h``; ``later`` = (eps at ``lam + r h``, r) gives eps its slope."""
+    span = rho * h
+    sigma_end = torch.exp(-(lam + span))
+    x = x - (sigma_end * torch.expm1(span)).to(x.dtype) * eps0
+    if later is not None:
+        eps_r, r = later
+        x = x - (sigma_end * (torch.expm1(span) - span) / (r * h)).to(x.dtype) * (eps_r - eps0)
+    return x
 
-    @staticmethod
-    def sigma(t: torch.Tensor) -> torch.Tensor:
-        return torch.exp(-t)
 
-    def step_1(self, x, t, t_next, eps):
-        h = t_next - t
-        return x - (self.sigma(t_next) * torch.expm1(h)).to(x.dtype) * eps
+def _dpm_solver(run: _Run, x: torch.Tensor, lam: torch.Tensor, lam_next: torch.Tensor, eps0: torch.Tensor,
+                order: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """DPM-Solver-``order`` (Lu et al. 2022a) from ``lam`` to ``lam_next`` and the lower-order result embedded in it.
 
-    def stage(self, x, t, eps, r, h):
-        """First stage of the 2/3-stage methods: the point at t + r·h and the eps there."""
-        u = x - (self.sigma(t + r * h) * torch.expm1(r * h)).to(x.dtype) * eps
-        return u, self.eps(u, t + r * h)
+    Order 1 is the plain exponential step (no embedded result). Order 2 evaluates eps at r = 1/2 and moves with
+    ``eps0 + (eps_r - eps0) / (2 r)`` (embedded: order 1). Order 3 evaluates eps at 1/3 and at 2/3 (the latter
+    reached with the slope from 1/3) and takes the slope from 2/3 for the whole step (embedded: the order-2 move
+    with r = 1/3).
+    """
+    h = lam_next - lam
+    if order == 1:
+        return _exp_step(x, lam, h, 1.0, eps0), None
+    r1 = 0.5 if order == 2 else 1 / 3
+    eps_r1 = _eps_at(run, _exp_step(x, lam, h, r1, eps0), lam + r1 * h)
+    second = _exp_step(x, lam, h, 1.0, eps0 + (eps_r1 - eps0) / (2 * r1))
+    if order == 2:
+        return second, _exp_step(x, lam, h, 1.0, eps0)
+    r2 = 2 / 3
+    eps_r2 = _eps_at(run, _exp_step(x, lam, h, r2, eps0, (eps_r1, r1)), lam + r2 * h)
+    return _exp_step(x, lam, h, 1.0, eps0, (eps_r2, r2)), second
 
-    def finish_2(self, x, t_next, h, eps, eps_r1, r1):
-        c = self.sigma(t_next) * torch.expm1(h)
-        return x - c.to(x.dtype) * eps - (c / (2 * r1)).to(x.dtype) * (eps_r1 - eps)
 
-    def finish_3(self, x, t, t_next, h, eps, eps_r1, r1=1 / 3, r2=2 / 3):
-        u2 = (x - (self.sigma(t + r2 * h) * torch.expm1(r2 * h)).to(x.dtype) * eps
-              - (self.sigma(t + r2 * h) * (r2 / r1) * (torch.expm1(r2 * h) / (r2 * h) - 1)).to(x.dtype)
-              * (eps_r1 - eps))
-        eps_r2 = self.eps(u2, t + r2 * h)
-        c = self.sigma(t_next)
-        return (x - (c * torch.expm1(h)).to(x.dtype) * eps
-                - (c / r2 * (torch.expm1(h) / h - 1)).to(x.dtype) * (eps_r2 - eps))
-
-    def step(self, x, t, t_next, eps, order):
-        if order == 1:
-            return self.step_1(x, t, t_next, eps)
-        h = t_next - t
-        if order == 2:
-            _, eps_r1 = self.stage(x, t, eps, 0.5, h)
-            return self.finish_2(x, t_next, h, eps, eps_r1, 0.5)
-        _, eps_r1 = self.stage(x, t, eps, 1 / 3, h)
-        return self.finish_3(x, t, t_next, h, eps, eps_r1)
+def _ancestral_target(sigma: float, sigma_next: float, lam_end: float, eta: float) -> tuple[float, float]:
+    """Where an ancestral DPM-Solver step really goes (a lambda, at most ``lam_end``) and the noise std that then
+    brings it back to ``sigma_next``."""
+    if eta == 0:
+        return -math.log(sigma_next), 0.0
+    down, _ = ancestral_split(sigma, sigma_next, eta)
+    target = min(lam_end, -math.log(down))
+    return target, math.sqrt(max(sigma_next**2 - math.exp(-2 * target), 0.0))
 
 
 def _sigma_range(sigmas: torch.Tensor) -> tuple[float, float]:
@@ -642,13 +650,22 @@ def _sigma_range(sigmas: torch.Tensor) -> tuple[float, float]:
     return float(positive.min()), float(positive.max())
 
 
-def _batch_t(value: float, x: torch.Tensor) -> torch.Tensor:
-    return torch.full((x.shape[0],) + (1,) * (x.ndim - 1), value, dtype=torch.float64, device=x.device)
+def _per_item(values: np.ndarray | float, x: torch.Tensor) -> torch.Tensor:
+    shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+    return torch.as_tensor(np.broadcast_to(values, x.shape[:1]).copy(), dtype=torch.float64,
+                           device=x.device).reshape(shape)
+
+
+def _dpm_fast_orders(evaluations: int) -> list[int]:
+    """Orders of DPM fast's steps: third order while evaluations last, the rest as one lower-order step; when
+    three divides the count, the last three evaluations become a second- and a first-order step."""
+    threes, rest = divmod(evaluations, 3)
+    return [3] * (threes - 1) + [2, 1] if rest == 0 else [3] * threes + [rest]
 
 
 def dpm_fast(model, x, sigmas, *, extra_args=None, callback=None, noise_sampler=None, control=None,
              eta=1.0, s_noise=1.0):
-    """DPM fast: DPM-Solver with orders 3, 3, …, (2, 1) on steps uniform in log-sigma.
+    """DPM fast: DPM-Solver (Lu et al. 2022a) with orders 3, 3, …, (2, 1) on steps uniform in log-sigma.
 
     Uses only the schedule's range and length: ``len(sigmas) - 1`` model evaluations from sigmas[0] to the smallest
     non-zero sigma, where it stops (as in A1111, the result keeps that last small noise level). eta = 1, A1111's
@@ -657,107 +674,96 @@ def dpm_fast(model, x, sigmas, *, extra_args=None, callback=None, noise_sampler=
     if eta > 0:
         noise_sampler = _require_noise(noise_sampler, "DPM fast")
     run = _Run(model, x, extra_args, callback, control)
-    solver = _EpsSolver(run)
     sigma_min, sigma_max = _sigma_range(sigmas)
-    evaluations = _total(sigmas)
-    t_start, t_end = -math.log(sigma_max), -math.log(sigma_min)
-    m = evaluations // 3 + 1
-    ts = np.linspace(t_start, t_end, m + 1)
-    orders = [3] * (m - 2) + [2, 1] if evaluations % 3 == 0 else [3] * (m - 1) + [evaluations % 3]
+    orders = _dpm_fast_orders(_total(sigmas))
+    grid = np.linspace(-math.log(sigma_max), -math.log(sigma_min), len(orders) + 1)
     for i, order in enumerate(orders):
         if run.begin_step():
             break
-        t, t_next = float(ts[i]), float(ts[i + 1])
-        s, s_next = math.exp(-t), math.exp(-t_next)
-        target, up = t_next, 0.0
-        if eta > 0:
-            down, _ = ancestral_split(s, s_next, eta)
-            target = min(t_end, -math.log(down))
-            up = math.sqrt(max(s_next**2 - math.exp(-2 * target), 0.0))
-        t_b = _batch_t(t, x)
-        eps = solver.eps(x, t_b)
-        run.report(i, len(orders), s, s_next, x, x - s * eps)
-        x = solver.step(x, t_b, _batch_t(target, x), eps, order)
+        s, s_next = math.exp(-grid[i]), math.exp(-grid[i + 1])
+        target, up = _ancestral_target(s, s_next, float(grid[-1]), eta)
+        lam = _per_item(grid[i], x)
+        eps0 = _eps_at(run, x, lam)
+        run.report(i, len(orders), s, s_next, x, x - s * eps0)
+        x, _ = _dpm_solver(run, x, lam, _per_item(target, x), eps0, order)
         if up > 0:
             x = x + noise_sampler(s, s_next) * (up * s_noise)
     return x
 
 
+def _pid_exponents(pcoeff: float, icoeff: float, dcoeff: float, order: float) -> np.ndarray:
+    """Exponents of the last three log inverse errors in a PID step-size filter for a method of ``order``
+    (Söderlind 2003, "Digital filters in adaptive time-stepping", ACM TOMS 29(1); after Gustafsson 1991, ACM TOMS
+    17(4)): the step grows by ``exp(sum(exponent * log(1 / error)))``."""
+    return np.array([pcoeff + icoeff + dcoeff, -(pcoeff + 2 * dcoeff), dcoeff]) / order
+
+
+def _draw_rows(noise_sampler: NoiseSampler, sigma: float, sigma_next: float, rows: np.ndarray) -> torch.Tensor:
+    """Noise for the flagged batch items only, where the noise sampler can tell them apart (``rows=``)."""
+    if rows.all() or "rows" not in inspect.signature(noise_sampler).parameters:
+        return noise_sampler(sigma, sigma_next)
+    return noise_sampler(sigma, sigma_next, rows=rows.tolist())
+
+
 def dpm_adaptive(model, x, sigmas, *, extra_args=None, callback=None, noise_sampler=None, control=None,
                  eta=1.0, s_noise=1.0, order=3, rtol=0.05, atol=0.0078, h_init=0.05,
                  pcoeff=0.0, icoeff=1.0, dcoeff=0.0, accept_safety=0.81, max_attempts=10_000):
-    """DPM adaptive: embedded DPM-Solver-(2,3) (or (1,2) with ``order=2``) with a PID step-size controller.
+    """DPM adaptive: DPM-Solver-23 (or -12 with ``order=2``) with adaptive steps (Lu et al. 2022a), the step size
+    set by a PID filter (:func:`_pid_exponents`) with the limiter ``1 + arctan(f - 1)`` of Söderlind & Wang 2006
+    ("Adaptive time-stepping and computational stability", J. Comput. Appl. Math. 185).
 
-    Each batch item has its own step size and error control, so a batch gives the same results as single runs;
-    all items advance in lockstep (one proposal each per model call) until every one reaches the smallest non-zero
-    sigma of ``sigmas`` (the schedule's other values are not used). The step count is not known in advance
-    (``StepInfo.total`` is None).
+    Each attempt compares the two embedded results: error = RMS of ``(x_low - x_high) / max(atol, rtol *
+    max(|x_low|, |x_prev|))`` (x_prev: x_low of the last accepted step); a step whose growth factor is below
+    ``accept_safety`` is retried shorter. Each batch item has its own step size and error control and draws
+    noise only when its own step is accepted, so a batch gives the same results as single runs (with a noise
+    sampler that takes ``rows=``, like :class:`~modules.sampling.noise.SeededNoise`). All items advance in
+    lockstep (one proposal each per model call) until every one reaches the smallest non-zero sigma of
+    ``sigmas`` (the schedule's other values are not used); a finished item takes dummy steps whose results are
+    discarded. The step count is not known in advance (``StepInfo.total`` is None).
     """
     if order not in (2, 3):
         raise ValueError(f"DPM adaptive order must be 2 or 3, got {order}")
     if eta > 0:
         noise_sampler = _require_noise(noise_sampler, "DPM adaptive")
     run = _Run(model, x, extra_args, callback, control)
-    solver = _EpsSolver(run)
     sigma_min, sigma_max = _sigma_range(sigmas)
-    t_start, t_end = -math.log(sigma_max), -math.log(sigma_min)
+    lam_start, lam_end = -math.log(sigma_max), -math.log(sigma_min)
     batch = x.shape[0]
-    shape = (batch,) + (1,) * (x.ndim - 1)
-    controller_order = 1.5 if eta > 0 else order
-    b1 = (pcoeff + icoeff + dcoeff) / controller_order
-    b2 = -(pcoeff + 2 * dcoeff) / controller_order
-    b3 = dcoeff / controller_order
-    s = np.full(batch, t_start)
-    h = np.full(batch, h_init)
-    inv_errors = np.zeros((batch, 3))
+    exponents = _pid_exponents(pcoeff, icoeff, dcoeff, 1.5 if eta > 0 else order)
+    log_inv_errors = np.zeros((batch, 3))  # newest first; filled with the first error at an item's first attempt
     started = np.zeros(batch, dtype=bool)
+    lam, h = np.full(batch, lam_start), np.full(batch, h_init)
     x_prev = x
     for attempt in range(max_attempts):
-        active = s < t_end - 1e-5
+        active = lam < lam_end - 1e-5
         if not active.any() or run.begin_step():
             break
-        # finished items take a harmless dummy step whose result is discarded
-        s_step = np.where(active, s, t_start)
-        t_step = np.where(active, np.minimum(t_end, s + h), t_start + h_init)
-        target, up = t_step.copy(), np.zeros(batch)
-        if eta > 0:
-            for k in range(batch):
-                down, _ = ancestral_split(math.exp(-s_step[k]), math.exp(-t_step[k]), eta)
-                target[k] = min(t_end, -math.log(down))
-                up[k] = math.sqrt(max(math.exp(-2 * t_step[k]) - math.exp(-2 * target[k]), 0.0))
-        t_b = torch.as_tensor(s_step, device=x.device).reshape(shape)
-        t_next_b = torch.as_tensor(target, device=x.device).reshape(shape)
-        eps = solver.eps(x, t_b)
-        denoised = x - solver.sigma(t_b).to(x.dtype) * eps
-        run.report(attempt, None, float(np.exp(-s_step[active]).max()), float(np.exp(-t_step[active]).max()),
-                   x, denoised)
-        step_h = t_next_b - t_b
-        if order == 2:
-            x_low = solver.step_1(x, t_b, t_next_b, eps)
-            _, eps_r1 = solver.stage(x, t_b, eps, 0.5, step_h)
-            x_high = solver.finish_2(x, t_next_b, step_h, eps, eps_r1, 0.5)
-        else:
-            _, eps_r1 = solver.stage(x, t_b, eps, 1 / 3, step_h)
-            x_low = solver.finish_2(x, t_next_b, step_h, eps, eps_r1, 1 / 3)
-            x_high = solver.finish_3(x, t_b, t_next_b, step_h, eps, eps_r1)
-        delta = torch.maximum(torch.full_like(x_low, atol), rtol * torch.maximum(x_low.abs(), x_prev.abs()))
-        error = (x_low - x_high).flatten(1).norm(dim=1) / delta.flatten(1).norm(dim=1)
-        inv = 1 / (error.double().cpu().numpy() + 1e-8)
-        inv_errors[~started] = inv[~started, None]
-        inv_errors[:, 0] = inv
-        factor = inv_errors[:, 0] ** b1 * inv_errors[:, 1] ** b2 * inv_errors[:, 2] ** b3
-        factor = 1 + np.arctan(factor - 1)
-        accept = active & (factor >= accept_safety)
-        inv_errors[accept, 2] = inv_errors[accept, 1]
-        inv_errors[accept, 1] = inv_errors[accept, 0]
+        lam_from = np.where(active, lam, lam_start)
+        lam_to = np.where(active, np.minimum(lam_end, lam + h), lam_start + h_init)
+        sig_from, sig_to = np.exp(-lam_from), np.exp(-lam_to)
+        targets, ups = zip(*(_ancestral_target(a, b, lam_end, eta) for a, b in zip(sig_from, sig_to)))
+        lam_b = _per_item(lam_from, x)
+        eps0 = _eps_at(run, x, lam_b)
+        run.report(attempt, None, float(sig_from[active].max()), float(sig_to[active].max()), x,
+                   x - torch.exp(-lam_b).to(x.dtype) * eps0)
+        x_high, x_low = _dpm_solver(run, x, lam_b, _per_item(np.array(targets), x), eps0, order)
+        scale = torch.maximum(torch.full_like(x_low, atol), rtol * torch.maximum(x_low.abs(), x_prev.abs()))
+        error = ((x_low - x_high) / scale).flatten(1).norm(dim=1) / math.sqrt(x[0].numel())
+        log_inv = -np.log(error.double().cpu().numpy() + 1e-8)
+        log_inv_errors[~started] = log_inv[~started, None]
+        log_inv_errors[:, 0] = log_inv
         started |= active
+        factor = 1 + np.arctan(np.exp(log_inv_errors @ exponents) - 1)
+        accept = active & (factor >= accept_safety)
+        log_inv_errors[accept, 1:] = log_inv_errors[accept, :-1]
         h = np.where(active, h * factor, h)
-        # one draw per item and attempt (the sigma arguments are nominal: items are at different sigmas)
-        noise = noise_sampler(math.exp(-t_start), math.exp(-t_end)) if eta > 0 else None
-        keep = torch.as_tensor(accept, device=x.device).reshape(shape)
-        x_new = x_high if noise is None else x_high + noise * torch.as_tensor(up * s_noise, device=x.device,
-                                                                                dtype=x.dtype).reshape(shape)
-        x_prev = torch.where(keep, x_low, x_prev)
-        x = torch.where(keep, x_new, x)
-        s = np.where(accept, t_step, s)
+        if accept.any():
+            keep = _per_item(accept, x).bool()
+            if eta > 0:
+                first = int(np.argmax(accept))
+                noise = _draw_rows(noise_sampler, sig_from[first], sig_to[first], accept)
+                x_high = x_high + noise * _per_item(np.array(ups) * s_noise, x).to(x.dtype)
+            x_prev = torch.where(keep, x_low, x_prev)
+            x = torch.where(keep, x_high, x)
+            lam = np.where(accept, lam_to, lam)
     return x
