@@ -12,6 +12,7 @@ from .hooks import HookRegistry
 from .job_queue import JobQueue
 from .models.catalog import CheckpointCatalog, CheckpointInfo, VaeCatalog
 from .models.failures import CheckpointFailures
+from .upscaling.upscale import Upscalers
 from .models.manager import ModelManager
 from .networks.active import ActiveNetworks
 from .settings import SettingsStore
@@ -33,6 +34,7 @@ class AppState:
     networks: ActiveNetworks
     queue: JobQueue
     failures: CheckpointFailures
+    upscalers: Upscalers
     extensions: object = None  # modules.extensions.Extensions, set by modules.extensions.load_extensions
     notices: list[str] = field(default_factory=list)  # what the start did about a problem, shown in the page
 
@@ -56,8 +58,10 @@ def create_state(options: LaunchOptions) -> AppState:
     models.on_released.append(networks.forget)
     models.on_loaded.append(lambda model: hashes.prefetch(model.source) if model.source.is_file() else None)
     failures = CheckpointFailures(options.data_dir / "checkpoint-failures.json")
+    half = plan.device != "cpu" and not options.no_half  # fp16 where the model supports it, as A1111 on a GPU
+    upscalers = Upscalers(options.upscaler_folders, plan.device, options.allow_pickle, half)
     return AppState(options, plan, hashes, checkpoints, vaes, models, settings, HookRegistry(), networks, JobQueue(),
-                    failures)
+                    failures, upscalers)
 
 
 def default_checkpoint(state: AppState) -> CheckpointInfo | None:

@@ -18,6 +18,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 PRECISIONS = ("autocast", "full")
 THEMES = ("light", "dark")
+UPSCALER_FOLDERS = ("ESRGAN", "RealESRGAN", "SwinIR", "DAT", "HAT")  # A1111's upscaler folders under models/
 _DEVICE_PATTERN = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
 
 
@@ -76,6 +77,13 @@ class LaunchOptions:
     server: ServerOptions = ServerOptions()
     controlnet_dir: Path | None = None  # None: models/ControlNet beside the checkpoint folder
     allowed_output_roots: tuple[Path, ...] = ()  # folders besides data_dir that clients may name as output folders
+    upscaler_dirs: tuple[tuple[str, Path], ...] = ()  # (A1111 folder kind, folder); missing kinds: beside ckpt_dir
+
+    @property
+    def upscaler_folders(self) -> dict[str, Path]:
+        """Where each kind of upscaler model is looked for (``ESRGAN``: ``models/ESRGAN``, …)."""
+        given = dict(self.upscaler_dirs)
+        return {kind: given.get(kind, self.ckpt_dir.parent / kind) for kind in UPSCALER_FOLDERS}
 
     @property
     def config_path(self) -> Path:
@@ -162,6 +170,10 @@ def build_parser(root: Path = REPO_ROOT, commands: Mapping[str, str] | None = No
                        help="folder searched for VAE files (default: models/VAE)")
     paths.add_argument("--lora-dir", type=_directory, default=root / "models" / "Lora", metavar="DIR",
                        help="folder searched for LoRA files (default: models/Lora)")
+    for kind in UPSCALER_FOLDERS:
+        paths.add_argument(f"--{kind.lower()}-models-path", type=_directory, default=root / "models" / kind,
+                           metavar="DIR", dest=f"upscaler_dir_{kind}",
+                           help=f"{kind} upscaler models (default: models/{kind}; any architecture spandrel knows)")
     paths.add_argument("--controlnet-dir", type=_directory, default=root / "models" / "ControlNet", metavar="DIR",
                        help="folder searched for ControlNet models (default: models/ControlNet)")
     paths.add_argument("--embeddings-dir", type=_directory, default=root / "embeddings", metavar="DIR",
@@ -227,8 +239,27 @@ def build_parser(root: Path = REPO_ROOT, commands: Mapping[str, str] | None = No
                         help="refuse jobs over N sampling steps from clients on other machines (default: no cap)")
 
     parser.add_argument("command", nargs="?", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("command_args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return parser
+
+
+def split_at_command(parser: argparse.ArgumentParser, argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """``argv`` cut before the command word: (our flags, [command, its words…]).
+
+    The command is the first word that is neither a flag nor a flag's value; what follows it is never read as our
+    flags (argparse alone would, and would stop on abbreviations such as pytest's ``--co``).
+    """
+    takes_value = {s: a.nargs != 0 for a in parser._actions for s in a.option_strings}
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            return list(argv[:i]), list(argv[i + 1:])
+        if not word.startswith("-") or word == "-":
+            return list(argv[:i]), list(argv[i:])
+        known = [word] if word in takes_value else [s for s in takes_value if s.startswith(word)]  # exact or abbreviated
+        values = {takes_value[s] for s in known}
+        i += 2 if "=" not in word and values == {True} else 1  # unknown or ambiguous flags: argparse reports them
+    return list(argv), []
 
 
 def parse_command_line(
@@ -241,10 +272,11 @@ def parse_command_line(
     env = os.environ if environ is None else environ
     commands = commands or {}
     parser = build_parser(root, commands)
-    ns = parser.parse_args([*shlex.split(env.get("COMMANDLINE_ARGS", "")), *argv])
+    ours, rest = split_at_command(parser, [*shlex.split(env.get("COMMANDLINE_ARGS", "")), *argv])
+    ns = parser.parse_args([*ours, *(["--", rest[0]] if rest else [])])
     if ns.command is not None and ns.command not in commands:
         parser.error(f"unknown command {ns.command!r} (commands: {', '.join(sorted(commands)) or 'none'})")
-    return Invocation(command=ns.command, command_args=tuple(ns.command_args), options=options_from_namespace(ns))
+    return Invocation(command=ns.command, command_args=tuple(rest[1:]), options=options_from_namespace(ns))
 
 
 def options_from_namespace(ns: argparse.Namespace) -> LaunchOptions:
@@ -266,6 +298,7 @@ def options_from_namespace(ns: argparse.Namespace) -> LaunchOptions:
         allow_pickle=ns.allow_pickle,
         controlnet_dir=ns.controlnet_dir,
         allowed_output_roots=tuple(ns.allowed_output_roots or ()),
+        upscaler_dirs=tuple((kind, getattr(ns, f"upscaler_dir_{kind}")) for kind in UPSCALER_FOLDERS),
         server=ServerOptions(
             port=ns.port, listen=ns.listen, server_name=ns.server_name, share=ns.share, gradio_auth=ns.gradio_auth,
             gradio_auth_path=ns.gradio_auth_path, api=ns.api or ns.nowebui, api_auth=ns.api_auth,

@@ -25,8 +25,11 @@ from typing import NoReturn
 from modules.cmd_args import LaunchOptions, parse_command_line
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TORCH_VERSION = "2.13.0"
-DEFAULT_TORCH_COMMAND = f"pip install torch=={TORCH_VERSION}"
+# torch and torchvision are installed and pinned as a pair (spandrel's upscalers import torchvision, whose build must
+# match torch's): a torchvision of another torch release fails to load its operators
+TORCH_VERSION = "2.14.1"
+TORCHVISION_VERSION = "0.29.1"
+DEFAULT_TORCH_COMMAND = f"pip install torch=={TORCH_VERSION} torchvision=={TORCHVISION_VERSION}"
 MARKER_NAME = "sdwebui-requirements.json"
 REEXEC_ENV = "SDWEBUI_LAUNCH_REEXEC"
 PYTEST_NO_TESTS_COLLECTED = 5
@@ -190,29 +193,34 @@ def run_pip(what: str, args: Sequence[str]) -> None:
     log(f"installed {what} in {time.perf_counter() - started:.1f} s")
 
 
-def torch_install_needed(custom_command: bool, installed_version: str | None, importable: bool) -> bool:
+def torch_install_needed(custom_command: bool, torch_version: str | None, torchvision_version: str | None,
+                         importable: bool) -> bool:
     """Decide whether to run the torch install command.
 
-    A user's ``TORCH_COMMAND`` runs only when torch cannot be imported (it may install any build);
-    the default command runs when torch is missing or is not the tested version (a local tag like +cpu is fine).
+    A user's ``TORCH_COMMAND`` runs only when torch cannot be imported (it may install any build); the default
+    command runs when torch or torchvision is missing or is not the tested pair (a local tag like +cpu is fine).
     """
     if custom_command:
         return not importable
-    return installed_version is None or installed_version.split("+")[0] != TORCH_VERSION
+    tested = {TORCH_VERSION: torch_version, TORCHVISION_VERSION: torchvision_version}
+    return any(found is None or found.split("+")[0] != wanted for wanted, found in tested.items())
 
 
 def install_torch(environ: Mapping[str, str]) -> None:
-    """Install torch with ``TORCH_COMMAND`` (default ``pip install torch==<tested version>``) when needed."""
+    """Install torch and torchvision with ``TORCH_COMMAND`` (default: the tested pair, pinned) when needed."""
     custom = environ.get("TORCH_COMMAND", "").strip()
-    try:
-        installed = importlib.metadata.version("torch")
-    except importlib.metadata.PackageNotFoundError:
-        installed = None
+    installed = {}
+    for name in ("torch", "torchvision"):
+        try:
+            installed[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            installed[name] = None
     importable = importlib.util.find_spec("torch") is not None
-    if not torch_install_needed(bool(custom), installed, importable):
+    if not torch_install_needed(bool(custom), installed["torch"], installed["torchvision"], importable):
         return
-    if installed and not custom:
-        log(f"torch {installed} found; the tested version is {TORCH_VERSION}")
+    if installed["torch"] and not custom:
+        log(f"torch {installed['torch']} / torchvision {installed['torchvision']} found; the tested pair is "
+            f"{TORCH_VERSION} / {TORCHVISION_VERSION}")
     run_pip("torch", shlex.split(custom or DEFAULT_TORCH_COMMAND))
 
 

@@ -12,8 +12,8 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
-FOLDER_SETTINGS = ("outdir_samples", "outdir_txt2img_samples", "outdir_img2img_samples", "outdir_grids",
-                   "outdir_txt2img_grids", "outdir_img2img_grids", "outdir_save")
+FOLDER_SETTINGS = ("outdir_samples", "outdir_txt2img_samples", "outdir_img2img_samples", "outdir_extras_samples",
+                   "outdir_grids", "outdir_txt2img_grids", "outdir_img2img_grids", "outdir_save")
 
 
 class OutputFolderError(ValueError):

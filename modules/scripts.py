@@ -19,7 +19,7 @@ from .remote_limits import PassSize, RemoteLimits
 
 log = logging.getLogger(__name__)
 
-CONTROL_KINDS = ("checkbox", "slider", "number", "text", "dropdown", "radio", "image")
+CONTROL_KINDS = ("checkbox", "slider", "number", "text", "dropdown", "radio", "image", "info")  # info: a line to read
 
 
 @dataclass(frozen=True)

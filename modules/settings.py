@@ -60,10 +60,14 @@ class Settings:
     show_progress_type: str = "Auto"
     # inpainting
     inpainting_mask_weight: float = 1.0
+    # upscaling (A1111's names): model upscalers run in tiles of this many input pixels (0: whole image)
+    ESRGAN_tile: int = 192
+    ESRGAN_tile_overlap: int = 8
     # paths ("" = the default folder under the data folder's outputs/; relative paths are below the data folder)
     outdir_samples: str = ""  # every kind's images go here when set
     outdir_txt2img_samples: str = ""
     outdir_img2img_samples: str = ""
+    outdir_extras_samples: str = ""
     outdir_grids: str = ""  # every kind's grids go here when set
     outdir_txt2img_grids: str = ""
     outdir_img2img_grids: str = ""
@@ -89,9 +93,10 @@ class Settings:
         return dataclasses.asdict(self)
 
     def output_dir(self, kind: str, data_dir: Path) -> Path:
-        """Where images of ``kind`` go: "txt2img", "img2img", "txt2img-grids", "img2img-grids" or "save" (the
-        Save button). The Paths settings decide; empty ones mean ``<data_dir>/outputs/<kind>-images`` (grids:
-        ``<kind>-grids``, save: ``saved``); relative paths are taken below ``data_dir``."""
+        """Where images of ``kind`` go: "txt2img", "img2img", "extras" (the Extras tab), "txt2img-grids",
+        "img2img-grids" or "save" (the Save button). The Paths settings decide; empty ones mean
+        ``<data_dir>/outputs/<kind>-images`` (grids: ``<kind>-grids``, save: ``saved``); relative paths are taken
+        below ``data_dir``."""
         base, _, grids = kind.partition("-")
         if kind == "save":
             chosen, default = self.outdir_save, "saved"
@@ -101,7 +106,7 @@ class Settings:
         else:
             chosen = self.outdir_samples or getattr(self, f"outdir_{base}_samples", "")
             default = f"{base}-images"
-        if base not in ("txt2img", "img2img", "save") or (grids and grids != "grids"):
+        if base not in ("txt2img", "img2img", "extras", "save") or (grids and (grids != "grids" or base == "extras")):
             raise ValueError(f"unknown output kind {kind!r}")
         return Path(data_dir) / (Path(chosen).expanduser() if chosen else Path("outputs") / default)
 
@@ -156,6 +161,9 @@ def _validated(values: dict) -> dict:
         raise ValueError("setting 'CLIP_stop_at_last_layers' must be >= 1")
     for name in ("eta_ancestral", "eta_ddim"):
         if out.get(name, 0.0) < 0:
+            raise ValueError(f"setting {name!r} must be >= 0")
+    for name in ("ESRGAN_tile", "ESRGAN_tile_overlap"):
+        if out.get(name, 0) < 0:
             raise ValueError(f"setting {name!r} must be >= 0")
     for name in LIMIT_SETTINGS:
         if out.get(name, 1) < 1:

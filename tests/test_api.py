@@ -12,17 +12,24 @@ import httpx
 import numpy as np
 import pytest
 import webuiapi
-from PIL import Image
+from PIL import Image, PngImagePlugin
 from sd_parsers import ParserManager
 
+from tests import tiny_upscaler
 from tests.api_server import running_server
 
 SMALL = {"width": 64, "height": 64, "steps": 3}
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("api")) as url:
+def api_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("api")
+
+
+@pytest.fixture(scope="module")
+def server(api_root):
+    upscalers = tiny_upscaler.write(api_root / "upscalers").parent
+    with running_server(api_root, "--esrgan-models-path", str(upscalers)) as url:
         yield url
 
 
@@ -226,10 +233,21 @@ def test_malformed_json_is_422(http):
 
 @pytest.mark.parametrize("path", ["options", "cmd-flags", "sd-models", "sd-vae", "loras", "embeddings", "samplers",
                                   "schedulers", "upscalers", "latent-upscale-modes", "prompt-styles", "scripts",
-                                  "script-info", "extensions", "memory", "progress"])
+                                  "script-info", "extensions", "memory", "progress", "realesrgan-models",
+                                  "face-restorers", "hypernetworks"])
 def test_listing_endpoints_answer_json(http, path):
     response = http.get(f"/{path}")
     assert response.status_code == 200 and response.json() is not None
+
+
+def test_model_listings_name_what_is_installed(http):
+    assert {"tiny", "tiny-b"} <= {m["model_name"] for m in http.get("/sd-models").json()}
+    assert http.get("/options").json()["sd_model_checkpoint"].startswith("tiny.safetensors")
+    assert "tiny-lora" in {lora["name"] for lora in http.get("/loras").json()}
+    assert {"Euler a", "DPM++ 2M"} <= {s["name"] for s in http.get("/samplers").json()}
+    assert {"Karras", "Exponential"} <= {s["label"] for s in http.get("/schedulers").json()}
+    assert set(http.get("/embeddings").json()) == {"loaded", "skipped"}
+    assert http.get("/progress").json()["state"]["job_count"] == 0
 
 
 def test_listings_carry_what_clients_look_for(http):
@@ -254,9 +272,132 @@ def test_refresh_unload_and_reload_checkpoint(http):
     assert again.status_code == 200 and json.loads(again.json()["info"])["sd_model_name"] == "tiny"
 
 
+def test_refresh_lists_files_added_while_running(http, api_root):
+    import shutil
+
+    import torch
+    from safetensors.torch import save_file
+
+    from tests.api_server import _write_lora
+
+    listed = {
+        "refresh-checkpoints": lambda: {m["model_name"] for m in http.get("/sd-models").json()},
+        "refresh-vae": lambda: {v["model_name"] for v in http.get("/sd-vae").json()},
+        "refresh-loras": lambda: {lora["name"] for lora in http.get("/loras").json()},
+        "refresh-embeddings": lambda: set(http.get("/embeddings").json()["loaded"]),
+    }
+    names = dict(zip(listed, ("added", "added-vae.safetensors", "added-lora", "added-word")))
+    assert not any(names[route] in listing() for route, listing in listed.items())  # scanned before the files came
+    models = api_root / "models"
+    shutil.copy(models / "Stable-diffusion" / "tiny.safetensors", models / "Stable-diffusion" / "added.safetensors")
+    (models / "VAE").mkdir(exist_ok=True)
+    shutil.copy(models / "Stable-diffusion" / "tiny.safetensors", models / "VAE" / "added-vae.safetensors")
+    _write_lora(models / "Lora" / "added-lora.safetensors")
+    (api_root / "embeddings").mkdir(exist_ok=True)
+    save_file({"emb_params": torch.randn(2, 32)}, str(api_root / "embeddings" / "added-word.safetensors"))
+    for route, listing in listed.items():
+        assert names[route] not in listing(), route  # listings come from the last scan …
+        assert http.post(f"/{route}").status_code == 200
+        assert names[route] in listing(), route  # … which the refresh route repeats
+
+
+def test_skip_ends_the_current_image_and_the_job_goes_on(http):
+    body = {**SMALL, "prompt": "a red circle", "seed": 21, "steps": 60, "n_iter": 2, "sampler_name": "Euler"}
+    reference = [decode(i) for i in http.post("/txt2img", json=body).json()["images"]]
+    box = {}
+    worker = threading.Thread(target=lambda: box.update(response=http.post("/txt2img", json=body)))
+    worker.start()
+    skipped_at = None
+    for _ in range(3000):
+        step = http.get("/progress?skip_current_image=true").json()["state"]["sampling_step"]
+        if 1 <= step < 50:  # inside the first image's 60 steps
+            assert http.post("/skip").status_code == 200
+            skipped_at = step
+            break
+        time.sleep(0.01)
+    worker.join(300)
+    assert skipped_at is not None, "the first image never showed progress"
+    payload = box["response"].json()
+    images = [decode(i) for i in payload["images"]]
+    assert len(images) == 2 and json.loads(payload["info"])["all_seeds"] == [21, 22]
+    assert np.array_equal(pixels(images[1]), pixels(reference[1]))  # the next image: all its steps
+    assert np.abs(pixels(images[0]) - pixels(reference[0])).mean() > 2  # the skipped one stopped early
+
+
 def test_openapi_docs(server):
     schema = httpx.get(f"{server}/openapi.json").json()
     body = schema["components"]["schemas"]["Txt2ImgRequest"]["properties"]
     assert body["steps"]["default"] == 50 and body["cfg_scale"]["default"] == 7.0 and body["width"]["default"] == 512
     assert {"/sdapi/v1/txt2img", "/sdapi/v1/img2img", "/sdapi/v1/progress", "/sdapi/v1/options"} <= set(schema["paths"])
     assert httpx.get(f"{server}/docs").status_code == 200
+
+
+def test_extra_single_image_through_webuiapi_upscales_with_the_model_and_keeps_the_parameters(api, http, api_root):
+    source = Image.new("RGB", (40, 32), (40, 90, 200))
+    source.paste((230, 200, 40), (0, 0, 20, 32))
+    result = api.extra_single_image(source, upscaler_1=tiny_upscaler.NAME, upscaling_resize=2)
+    image = result.image
+    assert image.size == (80, 64)
+    text = f"Postprocess upscale by: 2, Postprocess upscaler: {tiny_upscaler.NAME}"
+    assert result.info == f"<p>{text}</p>" and image.info["postprocessing"] == text
+    back = pixels(image.resize(source.size, Image.Resampling.BOX))
+    assert abs((back[..., 0] - pixels(source)[..., 0]).mean() - tiny_upscaler.RED_TINT * 255) < 4  # the model ran
+    assert np.abs(back[..., 1:] - pixels(source)[..., 1:]).mean() < 4
+    assert not (api_root / "data" / "outputs" / "extras-images").exists()  # A1111's API saves nothing
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a prompt\nSteps: 5, Seed: 3, Size: 40x32")
+    buffer = io.BytesIO()
+    source.save(buffer, format="PNG", pnginfo=info)
+    sent = http.post("/extra-single-image", json={"image": base64.b64encode(buffer.getvalue()).decode(),
+                                                  "upscaler_1": "Nearest", "upscaling_resize": 1.5})
+    back = decode(sent.json()["image"])
+    assert back.size == (60, 48) and back.info["parameters"] == "a prompt\nSteps: 5, Seed: 3, Size: 40x32"
+    assert back.info["postprocessing"] == "Postprocess upscale by: 1.5, Postprocess upscaler: Nearest"
+
+
+def test_extra_batch_images_scale_to_with_two_upscalers_and_the_face_restoration_warning(api):
+    images = [Image.new("RGB", (48, 32), (200, 30, 30)), Image.new("RGB", (30, 40), (30, 30, 200))]
+    result = api.extra_batch_images(images, name_list=["a.png", "b.png"], resize_mode=1, upscaling_resize_w=64,
+                                    upscaling_resize_h=48, upscaling_crop=True, upscaler_1="Lanczos",
+                                    upscaler_2=tiny_upscaler.NAME, extras_upscaler_2_visibility=0.5,
+                                    gfpgan_visibility=0.8)
+    assert [i.size for i in result.images] == [(64, 48), (64, 48)]
+    assert abs(pixels(result.images[1])[..., 0].mean() - 30 - tiny_upscaler.RED_TINT * 255 / 2) < 3  # half blended
+    assert "Postprocess upscale to: 64x48, Postprocess crop to: 64x48, Postprocess upscaler: Lanczos, " \
+           f"Postprocess upscaler 2: {tiny_upscaler.NAME}" in result.info
+    assert "face restoration (GFPGAN, CodeFormer) is not available" in result.info
+    assert result.json["warnings"][0].startswith("face restoration")
+
+
+@pytest.mark.parametrize("body, status, field", [
+    ({"upscaler_1": "R-ESRGAN 4x+"}, 400, "upscaler_1: unknown upscaler 'R-ESRGAN 4x+'"),
+    ({"upscaler_1": "Lanczos", "upscaler_2": "ScuNET"}, 400, "upscaler_2: unknown upscaler"),
+    ({"upscaler_1": "Lanczos", "resize_mode": 1, "upscaling_resize_w": 16000, "upscaling_resize_h": 16000}, 400,
+     "upscaling_resize_w: 8×8 would become 16000×16000"),
+    ({"upscaling_resize": 0}, 422, "upscaling_resize"),
+    ({"resize_mode": 2}, 422, "resize_mode"),
+    ({"image": "not base64!"}, 400, "image: invalid base64"),
+])
+def test_extra_single_image_refusals_name_the_field(http, body, status, field):
+    response = http.post("/extra-single-image", json={"image": b64png(Image.new("RGB", (8, 8))), **body})
+    assert response.status_code == status and field in response.json()["detail"], response.text
+
+
+def test_extra_batch_images_refusals_name_the_image(http):
+    good = {"data": b64png(Image.new("RGB", (8, 8))), "name": "a.png"}
+    bad = http.post("/extra-batch-images", json={"imageList": [good, {"data": "AAAA", "name": "b.png"}]})
+    assert bad.status_code == 400 and "imageList[1].data: not a readable image" in bad.json()["detail"]
+    empty = http.post("/extra-batch-images", json={"imageList": []})
+    assert empty.status_code == 422 and "imageList" in empty.json()["detail"]
+
+
+def test_upscaler_listings_show_the_model_files(http):
+    listed = {u["name"]: u for u in http.get("/upscalers").json()}
+    assert list(listed)[:3] == ["None", "Lanczos", "Nearest"]
+    model = listed[tiny_upscaler.NAME]
+    assert model["scale"] == 4 and model["model_path"].endswith(f"{tiny_upscaler.NAME}.safetensors")
+    assert model["model_name"] == "RealESRGAN Compact" and model["model_url"] is None
+    assert [m["name"] for m in http.get("/realesrgan-models").json()] == [tiny_upscaler.NAME]
+    assert http.get("/face-restorers").json() == [] and http.get("/hypernetworks").json() == []
+    assert http.post("/refresh-upscalers").status_code == 200

@@ -9,6 +9,7 @@ from PIL import Image
 from modules.hooks import HookPoint, HookRegistry
 from modules.infotext import parse_infotext
 from modules.image_io import read_infotext_file
+from modules.processing.image_ops import pil_to_tensor
 from modules.processing.params import Img2ImgParams, ParamError, Txt2ImgParams
 from modules.processing.progress import JobProgress
 from modules.processing.runner import run_job
@@ -144,7 +145,9 @@ def test_resize_seed_from_keeps_composition(state):
     resized = t2i(state, seed=4, width=96, height=64, seed_resize_from_w=64, seed_resize_from_h=64)
     assert resized.images[0].size == (96, 64)
     assert "Seed resize from: 64x64" in resized.infotexts[0]
-    assert small.shape == (64, 64, 3)
+    plain = px(t2i(state, seed=4, width=96, height=64).images[0])
+    # the 64×64 seed's noise sits in the middle of the wider image: there, it looks like the small image
+    assert np.abs(px(resized.images[0])[:, 16:80] - small).mean() < 0.5 * np.abs(plain[:, 16:80] - small).mean()
 
 
 # --- jobs ---------------------------------------------------------------------------------------------------------
@@ -176,6 +179,34 @@ def test_inpainting_keeps_unmasked_pixels(state, full_res):
     outside = np.asarray(mask) == 0
     assert np.array_equal(out[outside], src[outside])
     assert np.abs(out[~outside] - src[~outside]).mean() > 5  # the masked square was repainted
+
+
+def test_masked_content_latent_noise_and_nothing_replace_the_masked_area_only(state):
+    init = Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8))
+    mask = Image.new("L", (64, 64), 0)
+    mask.paste(255, (16, 16, 48, 48))
+    inside = np.asarray(mask) > 0
+    start, out = {}, {}
+    for fill in (1, 2, 3):  # original, latent noise, latent nothing
+        hooks = HookRegistry()
+        hooks.register(HookPoint.BEFORE_SAMPLING, lambda b: start.update({fill: (b.latents.clone(), float(b.sigmas[0]))}),
+                       "t")
+        params = Img2ImgParams(init_images=[init], mask=mask, mask_blur=0, inpainting_fill=fill, inpaint_full_res=False,
+                               seed=2, denoising_strength=0.6, steps=4, width=64, height=64, do_not_save_samples=True)
+        out[fill] = px(run_job(state, params, extra_hooks=hooks).images[0])
+        assert np.array_equal(out[fill][~inside], px(init)[~inside])
+    (x1, sigma), (x2, _), (x3, _) = start[1], start[2], start[3]
+    box = (slice(None), slice(None), slice(2, 6), slice(2, 6))  # the masked square in latent space
+    outside = torch.ones_like(x1, dtype=torch.bool)
+    outside[box] = False
+    assert torch.equal(x1[outside], x2[outside]) and torch.equal(x1[outside], x3[outside])
+    # start = content + noise·σ; content: the picture's latents ("original"), zeros ("nothing"), the noise itself
+    vae = state.models.current.vae
+    with torch.inference_mode():
+        picture = vae.encode(pil_to_tensor(init)).latent_dist.mean * vae.config.scaling_factor
+    torch.testing.assert_close(x1[box] - x3[box], picture[box], atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(x2[box], x3[box] * (1 + sigma) / sigma)
+    assert np.abs(out[2][inside] - out[1][inside]).mean() > 5
 
 
 def test_img2img_strength_steps(state):
@@ -286,6 +317,16 @@ def test_ensd_and_rng_source_are_written_when_they_shape_the_image(state):
     deterministic = t2i(state, prompt="red", override_settings=ensd)  # Euler draws no per-step noise
     assert "ENSD" not in deterministic.infotexts[0]
     assert "RNG" not in t2i(state, prompt="red", override_settings={"randn_source": "GPU"}).infotexts[0]
+
+
+def test_sde_samplers_take_their_noise_from_the_seeds_brownian_trees(state):
+    """As in A1111, DPM++ 2M SDE's per-step noise comes from one Brownian tree per seed, which ENSD does not touch
+    (with the generators' per-step noise it would change the image)."""
+    ensd = {"eta_noise_seed_delta": 31337}
+    plain, shifted = (t2i(state, prompt="red", sampler_name="DPM++ 2M SDE", override_settings=o) for o in ({}, ensd))
+    assert np.array_equal(px(plain.images[0]), px(shifted.images[0])) and "ENSD" not in shifted.infotexts[0]
+    assert not np.array_equal(px(plain.images[0]), px(t2i(state, prompt="red", sampler_name="DPM++ 2M SDE",
+                                                          seed=2).images[0]))
 
 
 def test_bad_input_is_a_clear_error(state):

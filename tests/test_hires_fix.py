@@ -13,14 +13,22 @@ from modules.hooks import HookPoint
 from modules.infotext import parse_infotext
 from modules.processing.params import Txt2ImgParams
 from modules.processing.progress import JobProgress
-from modules.scripts import find_script, named_args, run_generation
+from modules.scripts import find_script, infotext_values, named_args, run_generation
 from tests.engine_fixtures import make_state
+from tests.upscaler_fixtures import DEMO_UPSCALER, write_compact
 from webui.progress_html import progress_html
+
+MODEL_UPSCALER = "tiny-compact-4x"  # random weights in Real-ESRGAN's compact layout
 
 
 @pytest.fixture(scope="module")
 def state(tmp_path_factory):
-    state = make_state(tmp_path_factory.mktemp("hires"), {"tiny": "sd1"})
+    root = tmp_path_factory.mktemp("hires")
+    esrgan = root / "models" / "ESRGAN"
+    write_compact(esrgan / f"{MODEL_UPSCALER}.safetensors")
+    if DEMO_UPSCALER.exists():
+        shutil.copy(DEMO_UPSCALER, esrgan / DEMO_UPSCALER.name)
+    state = make_state(root, {"tiny": "sd1"}, flags=["--esrgan-models-path", str(esrgan)])
     state.settings.update({"samples_save": False})
     load_extensions(state, [REPO_ROOT / "extensions"])
     return state
@@ -189,3 +197,47 @@ def test_progress_of_a_batch_counts_each_images_second_pass(state):
     # each batch: 2 first-pass steps, then int(0.5 * 4) + 1 = 3 steps for each of its 2 images
     assert batch_ends == [8, 16] and progress.total_steps == 16
     assert progress.textinfo == "Hires pass 3/3, image 4/4"
+
+
+@pytest.mark.parametrize("upscaler", [MODEL_UPSCALER, DEMO_UPSCALER.stem])
+def test_a_model_upscaler_makes_the_target_size_from_its_own_upscale_and_is_named_in_the_infotext(state, upscaler):
+    hires = {"enable": True, "hr_second_pass_steps": 2, "denoising_strength": 0.3}
+    lanczos = run_generation(state, _params(), alwayson={"Hires fix": {"args": {**hires, "hr_upscaler": "Lanczos"}}})
+    seen = []  # the job's progress line when the second pass starts: the model's last tile
+    progress = JobProgress()
+    tiles = {"ESRGAN_tile": 16, "ESRGAN_tile_overlap": 8}  # 64 px in 16 px tiles every 8 px: 7 × 7 tiles
+    model = _watch(state, HookPoint.BEFORE_SAMPLING,
+                   lambda e: seen.append(progress.textinfo) if e.params.width == 128 else None,
+                   lambda: run_generation(state, _params(override_settings=tiles), progress,
+                                          alwayson={"Hires fix": {"args": {**hires, "hr_upscaler": upscaler}}}))
+    assert model.images[0].size == lanczos.images[0].size == (128, 128)
+    assert seen == [f"Hires upscale: {upscaler}, tile 49/49"]
+    difference = np.abs(np.asarray(model.images[0], np.int16) - np.asarray(lanczos.images[0], np.int16))
+    assert difference.mean() > 1
+    assert parse_infotext(model.infotexts[0])["Hires upscaler"] == upscaler
+    assert f"Hires upscaler: {upscaler}," in model.infotexts[0]
+
+
+def test_the_upscaler_list_holds_the_model_files_and_pasting_selects_one(state):
+    script = find_script(state, "txt2img", "Hires fix")
+    control = next(c for c in script.controls("txt2img") if c.name == "hr_upscaler")
+    assert control.choices[:6] == ("Latent", "Latent (antialiased)", "Latent (bicubic)",
+                                   "Latent (bicubic antialiased)", "Latent (nearest)", "Latent (nearest-exact)")
+    assert control.choices[6:9] == ("None", "Lanczos", "Nearest") and MODEL_UPSCALER in control.choices[9:]
+    pasted = infotext_values(state, "txt2img", parse_infotext(
+        f"a red circle\nSteps: 2, Size: 64x64, Hires upscale: 2, Hires upscaler: {MODEL_UPSCALER}"))
+    assert pasted["Hires fix"]["hr_upscaler"] == MODEL_UPSCALER
+    missing = infotext_values(state, "txt2img", parse_infotext(
+        "a red circle\nSteps: 2, Size: 64x64, Hires upscale: 2, Hires upscaler: R-ESRGAN 4x+"))
+    assert missing["Hires fix"]["enable"] and "hr_upscaler" not in missing["Hires fix"]  # not here: left as it is
+    axis = next(a for a in state.extensions.contributions("xyz_axis") if a.label == "Hires upscaler")
+    assert axis.parse(MODEL_UPSCALER.upper()) == MODEL_UPSCALER and MODEL_UPSCALER in axis.choices(state)
+    with pytest.raises(ValueError, match="hr_upscaler: 'R-ESRGAN 4x\\+' is not one of"):
+        run_generation(state, _params(),
+                       alwayson={"Hires fix": {"args": {"enable": True, "hr_upscaler": "R-ESRGAN 4x+"}}})
+
+
+def test_upscaler_none_resizes_as_a1111(state):
+    result = _hires(state, hr_upscaler="None", hr_scale=1.5, hr_second_pass_steps=1)
+    assert result.images[0].size == (96, 96)
+    assert parse_infotext(result.infotexts[0])["Hires upscaler"] == "None"

@@ -111,6 +111,18 @@ def test_flags_before_the_command_are_ours_words_after_it_are_its_own():
     assert parse(["test", "--medvram"]).options.medvram is False
 
 
+@pytest.mark.parametrize("argv, ours, theirs", [
+    (["test", "-q", "-x", "--co"], [], ["-q", "-x", "--co"]),  # --co: --controlnet-dir or --cors-allow-origins
+    (["--data-dir", "test", "test", "--data-dir", "x"], ["--data-dir", "test"], ["--data-dir", "x"]),
+    (["--device=cpu", "--sk", "test", "--ckpt", "--help"], ["--device=cpu", "--sk"], ["--ckpt", "--help"]),
+    (["--medvram", "--", "test", "--", "-k"], ["--medvram"], ["--", "-k"]),
+])
+def test_words_after_the_command_are_never_read_as_our_flags(tmp_path, argv, ours, theirs):
+    invocation = parse(argv, root=tmp_path)
+    assert invocation.command == "test" and list(invocation.command_args) == theirs
+    assert invocation.options == parse(ours, root=tmp_path).options  # flags before it (abbreviated too) still are
+
+
 def test_commandline_args_environment_variable_comes_first():
     invocation = parse(["--no-half-vae", "test", "-x"],
                        environ={"COMMANDLINE_ARGS": "--no-half --data-dir '/tmp/with space'"})
@@ -177,16 +189,18 @@ def test_requirements_satisfied_needs_the_marker_and_the_installed_versions(tmp_
     assert not requirements_satisfied(["pytest>=1"], marker)
 
 
-@pytest.mark.parametrize("custom, installed, importable, needed", [
-    (False, None, False, True),           # fresh venv: default command
-    (False, "2.13.0", True, False),
-    (False, "2.13.0+cpu", True, False),   # local build tags are the same version
-    (False, "2.12.1+cu121", True, True),  # another version: install the tested one
-    (True, "2.12.1+cu121", True, False),  # the user's TORCH_COMMAND chose it
-    (True, None, False, True),
+@pytest.mark.parametrize("custom, torch, torchvision, importable, needed", [
+    (False, None, None, False, True),                # fresh venv: default command
+    (False, "2.14.1", "0.29.1", True, False),
+    (False, "2.14.1+cpu", "0.29.1+cpu", True, False),  # local build tags are the same version
+    (False, "2.14.1", None, True, True),             # torchvision missing: install the pair
+    (False, "2.13.0", "0.29.1", True, True),         # another torch: install the tested pair
+    (False, "2.14.1", "0.28.0", True, True),         # a torchvision of another torch release
+    (True, "2.12.1+cu121", None, True, False),       # the user's TORCH_COMMAND chose it
+    (True, None, None, False, True),
 ])
-def test_when_torch_is_installed(custom, installed, importable, needed):
-    assert torch_install_needed(custom, installed, importable) is needed
+def test_when_torch_is_installed(custom, torch, torchvision, importable, needed):
+    assert torch_install_needed(custom, torch, torchvision, importable) is needed
 
 
 @pytest.mark.parametrize("pytest_code, ours", [(0, 0), (1, 1), (2, 2), (4, 4), (5, 0), (-2, 130)])
@@ -257,6 +271,14 @@ def test_test_command_runs_pytest_in_the_project(launcher_copy, test_file, code)
     result = run_launcher(sys.executable, launcher_copy, "--skip-install", "test", "-q", "-p", "no:cacheprovider")
     assert result.returncode == code, result.stdout + result.stderr
     assert ("no tests ran" in result.stdout) == (test_file is None)
+
+
+def test_test_command_passes_pytest_its_own_abbreviations(launcher_copy):
+    (launcher_copy / "tests" / "test_sample.py").write_text("def test_listed():\n    assert False\n", encoding="utf-8")
+    result = run_launcher(sys.executable, launcher_copy, "--skip-install", "test", "-q", "-x", "--co",
+                          "-p", "no:cacheprovider")
+    assert result.returncode == 0, result.stdout + result.stderr  # collected only: the failing test did not run
+    assert "test_sample.py::test_listed" in result.stdout and "ambiguous option" not in result.stderr
 
 
 @pytest.mark.slow

@@ -31,7 +31,7 @@ def test_dated_folders_follow_the_a1111_layout_unless_the_paths_settings_say_oth
     assert outputs.dated_folder(mine.output_dir("txt2img", tmp_path), day) == tmp_path / "mine" / "2024-05-06"
     assert mine.output_dir("img2img-grids", tmp_path) == tmp_path / "grids"
     with pytest.raises(ValueError, match="output kind"):
-        default.output_dir("extras", tmp_path)
+        default.output_dir("extras-grids", tmp_path)
 
 
 def test_image_names_start_at_zero_and_continue_after_the_highest_existing_number(tmp_path):

@@ -26,8 +26,9 @@ def test_output_dirs_follow_the_paths_settings():
     common = Settings(outdir_samples="/all", outdir_txt2img_samples="/ignored", outdir_grids="/grids")
     assert common.output_dir("txt2img", data) == Path("/all")  # the common folder wins, as in A1111
     assert common.output_dir("img2img-grids", data) == Path("/grids")
+    assert common.output_dir("extras", data) == Path("/all")
     with pytest.raises(ValueError, match="unknown output kind"):
-        s.output_dir("extras", data)
+        s.output_dir("extras-grids", data)
 
 
 def test_quicksettings_list_is_validated_and_persisted(tmp_path):

@@ -32,7 +32,7 @@ class ScriptUi:
 
 
 def component_for(control, elem_id: str):
-    """A Gradio input for one Control (checkbox, slider, number, text, dropdown, radio or image)."""
+    """A Gradio input for one Control (checkbox, slider, number, text, dropdown, radio, image, or an info line)."""
     common = dict(label=control.label, elem_id=elem_id)
     if control.kind == "checkbox":
         return gr.Checkbox(bool(control.default), **common)
@@ -49,6 +49,8 @@ def component_for(control, elem_id: str):
         return gr.Radio(list(control.choices), value=control.default, **common)
     if control.kind == "image":
         return gr.Image(type="pil", format="png", **common)
+    if control.kind == "info":  # its value (the text) is passed like any argument; scripts ignore it
+        return gr.HTML(f"<p class='sd-script-info'>{html.escape(control.label)}</p>", elem_id=elem_id)
     return gr.Textbox(control.default or "", **common)
 
 

@@ -20,6 +20,7 @@ SECTIONS: dict[str, dict[str, str]] = {
         "outdir_samples": "Output directory for images; if empty, the three directories below are used",
         "outdir_txt2img_samples": "Output directory for txt2img images",
         "outdir_img2img_samples": "Output directory for img2img images",
+        "outdir_extras_samples": "Output directory for images from the Extras tab",
         "outdir_grids": "Output directory for grids; if empty, the two directories below are used",
         "outdir_txt2img_grids": "Output directory for txt2img grids",
         "outdir_img2img_grids": "Output directory for img2img grids",
@@ -44,6 +45,10 @@ SECTIONS: dict[str, dict[str, str]] = {
                         "step (faster, a little less guidance at the end); 0 = off",
         "s_min_uncond_all": "NGMS: skip the negative prompt on every step below that sigma, not every other one",
     },
+    "Upscaling": {
+        "ESRGAN_tile": "Tile size for model upscalers (input pixels; 0 = no tiling)",
+        "ESRGAN_tile_overlap": "Tile overlap for model upscalers (pixels; more = less visible seams, slower)",
+    },
     "Live previews": {
         "live_previews_enable": "Show live previews of the image being made",
         "show_progress_every_n_steps": "Live preview every N sampling steps",
@@ -62,8 +67,8 @@ SECTIONS: dict[str, dict[str, str]] = {
 
 # The Paths settings: kind given to Settings.output_dir, shown as the placeholder of an empty field.
 PATH_KINDS = {"outdir_txt2img_samples": "txt2img", "outdir_img2img_samples": "img2img",
-              "outdir_txt2img_grids": "txt2img-grids", "outdir_img2img_grids": "img2img-grids",
-              "outdir_save": "save"}
+              "outdir_extras_samples": "extras", "outdir_txt2img_grids": "txt2img-grids",
+              "outdir_img2img_grids": "img2img-grids", "outdir_save": "save"}
 
 LABELS = {name: label for section in SECTIONS.values() for name, label in section.items()}
 KNOWN = {f.name for f in fields(Settings)}

@@ -1,4 +1,5 @@
-"""The Gradio Blocks of the web UI: top bar, generation tabs, PNG Info, Settings, Extensions, and cross-tab sending."""
+"""The Gradio Blocks of the web UI: top bar, generation tabs, Extras, PNG Info, Settings, Extensions, and cross-tab
+sending."""
 from __future__ import annotations
 
 import json
@@ -9,7 +10,7 @@ from pathlib import Path
 import gradio as gr
 
 from modules.extensions import ui_assets
-from webui import extension_tabs, extensions_tab, pnginfo, settings_tab, top_bar
+from webui import extension_tabs, extensions_tab, extras_tab, pnginfo, settings_tab, top_bar
 from webui.context import UiContext
 from webui.generation_tab import GenerationTab, build_generation_tab, fill_updates, is_local
 from webui.icons import icons_css
@@ -62,12 +63,12 @@ def _send_image_to_img2img(ctx: UiContext, img2img: GenerationTab, image, infote
             gr.update(visible=mode in INPAINT_MODES)]
 
 
-def _wire_sending(ctx: UiContext, main_tabs, png) -> None:
+def _wire_sending(ctx: UiContext, main_tabs, png, extras: extras_tab.ExtrasTab) -> None:
     txt2img, img2img = ctx.tabs["txt2img"], ctx.tabs["img2img"]
     inputs = img2img.inputs
     img2img_targets = [*img2img.fields.values(), inputs.image, inputs.inpaint, inputs.mode, inputs.tabs_component,
                        main_tabs, img2img.inpaint_group]
-    for source in (txt2img, img2img):
+    for source in (txt2img, img2img, extras):
         for mode, button in source.send_buttons.items():
             def send(request: gr.Request, source=source, mode=mode):
                 out = ctx.outputs.get(request.session_hash, source.kind)
@@ -125,6 +126,8 @@ def build_ui(state, startup_job=None, restarter: Restarter | None = None) -> tup
                 with gr.Tab(kind, id=kind, elem_id=f"tab_{kind}") as tab:
                     build_generation_tab(ctx, kind, size)
                 ctx.ui_config.register_tab(kind, tab)
+            with gr.Tab("Extras", id="extras", elem_id="tab_extras"):
+                extras = extras_tab.build(ctx)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = pnginfo.build(ctx)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
@@ -134,7 +137,7 @@ def build_ui(state, startup_job=None, restarter: Restarter | None = None) -> tup
                     extension_tabs.build_tab(ctx, tab)
             with gr.Tab("Extensions", id="extensions", elem_id="tab_extensions"):
                 extensions_tab.build(ctx)
-        _wire_sending(ctx, main_tabs, png)
+        _wire_sending(ctx, main_tabs, png, extras)
         _wire_model_sizes(ctx, bar.checkpoint, size)
         timer = gr.Timer(STATUS_POLL_SECONDS, active=not ctx.model_ready)
 
@@ -144,7 +147,7 @@ def build_ui(state, startup_job=None, restarter: Restarter | None = None) -> tup
 
         timer.tick(tick, None, [bar.status, *([bar.checkpoint] if bar.checkpoint else []), timer],
                    show_progress="hidden", queue=False)
-        folders = [t.folder_button for t in ctx.tabs.values()]
+        folders = [*(t.folder_button for t in ctx.tabs.values()), extras.folder_button]
         def on_load(request: gr.Request):
             local = is_local(request) and not state.options.server.share  # a shared link arrives from 127.0.0.1
             return [*settings_values(), top_bar.status_html(ctx), *bar.values(ctx),

@@ -6,10 +6,11 @@ clients send but this engine has no use for (``s_churn``, ``firstphase_width``, 
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from modules.processing import extras
 from modules.processing import params as limits
 
 
@@ -134,6 +135,67 @@ class SchedulerItem(BaseModel):
     aliases: list[str] | None
     default_rho: float = -1
     need_inner_model: bool = False
+
+
+class ExtrasBaseRequest(BaseModel):
+    """A1111's extras fields (``/extra-single-image``, ``/extra-batch-images``)."""
+
+    resize_mode: Literal[0, 1] = Field(0, description="0: scale by upscaling_resize; 1: scale to "
+                                                      "upscaling_resize_w × upscaling_resize_h")
+    show_extras_results: bool = Field(True, description="accepted; the images are always returned, as in A1111")
+    gfpgan_visibility: float = Field(0, ge=0, le=1, description="face restoration is not available offline: a "
+                                                                 "value above 0 gives a warning")
+    codeformer_visibility: float = Field(0, ge=0, le=1, description="as gfpgan_visibility")
+    codeformer_weight: float = Field(0, ge=0, le=1)
+    upscaling_resize: float = Field(2, gt=0, le=extras.MAX_SCALE, description="the factor of resize_mode 0")
+    upscaling_resize_w: int = Field(512, ge=1, le=extras.MAX_OUTPUT_SIDE, description="the width of resize_mode 1")
+    upscaling_resize_h: int = Field(512, ge=1, le=extras.MAX_OUTPUT_SIDE, description="the height of resize_mode 1")
+    upscaling_crop: bool = Field(True, description="resize_mode 1: cut the image to that size around its centre")
+    upscaler_1: str = Field("None", description="a name from /upscalers; None: the image is not resized")
+    upscaler_2: str = Field("None", description="a name from /upscalers, blended in")
+    extras_upscaler_2_visibility: float = Field(0, ge=0, le=1, description="how much of upscaler_2's image")
+    upscale_first: bool = Field(False, description="accepted; without face restoration there is nothing to order")
+
+
+class ExtrasSingleImageRequest(ExtrasBaseRequest):
+    image: str = Field("", description="base64 image (data: URLs accepted)")
+
+
+class FileData(BaseModel):
+    data: str = Field(description="base64 image")
+    name: str = Field("", description="its file name (used in saved names)")
+
+
+class ExtrasBatchImagesRequest(ExtrasBaseRequest):
+    imageList: list[FileData] = Field(description="the images")  # noqa: N815 - A1111's field name
+
+
+class ExtrasSingleImageResponse(BaseModel):
+    html_info: str = Field(description="the postprocessing text (and warnings) as HTML paragraphs")
+    image: str | None = Field(None, description="base64 PNG with the postprocessing text; none when interrupted")
+    warnings: list[str] = Field(default_factory=list)
+
+
+class ExtrasBatchImagesResponse(BaseModel):
+    html_info: str = Field(description="the last image's postprocessing text (and warnings) as HTML paragraphs")
+    images: list[str] = Field(description="base64 PNGs with the postprocessing text")
+    warnings: list[str] = Field(default_factory=list)
+
+
+class RealesrganItem(BaseModel):
+    name: str
+    path: str | None = None
+    scale: int | None = None
+
+
+class FaceRestorerItem(BaseModel):
+    name: str
+    cmd_dir: str | None = None
+
+
+class HypernetworkItem(BaseModel):
+    name: str
+    path: str | None = None
 
 
 class UpscalerItem(BaseModel):

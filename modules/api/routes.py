@@ -28,18 +28,19 @@ from modules import scripts
 from modules.app_state import default_checkpoint
 from modules.image_io import PNG_INFOTEXT_KEY, read_infotext
 from modules.models.safetensors_file import ModelFileError
+from modules.processing import extras
 from modules.processing.image_ops import LATENT_UPSCALE_MODES
 from modules.processing.params import GenerationParams, Img2ImgParams, ParamError, Txt2ImgParams
 from modules.prompts.styles import load_styles
 from modules.sampling import registry
 from modules.settings import LIMIT_SETTINGS
+from modules.upscaling.upscale import BUILTIN as BUILTIN_UPSCALERS
 
 from . import models as m
 
 log = logging.getLogger(__name__)
 
 PREFIX = "/sdapi/v1"
-PIXEL_UPSCALERS = ("None", "Lanczos", "Nearest")
 HIRES_TITLE = "Hires fix"
 # engine ParamError fields answered with 400 (a choice among names, unusable text, a cost refused), not 422 (a
 # number outside the range the request schema states)
@@ -154,13 +155,16 @@ def _check_text(value, field: str) -> None:
             _check_text(item, f"{field}[{i}]")
 
 
-def encode_png(image, infotext: str | None = None) -> str:
-    """Base64 PNG with ``infotext`` in its ``parameters`` chunk (as A1111 returns images)."""
+def encode_png(image, infotext: str | None = None, chunks: dict[str, str] | None = None) -> str:
+    """Base64 PNG with ``infotext`` in its ``parameters`` chunk and ``chunks`` as further text chunks (as A1111
+    returns images)."""
     from PIL import PngImagePlugin
 
     info = PngImagePlugin.PngInfo()
     if infotext:
         info.add_text(PNG_INFOTEXT_KEY, infotext)
+    for key, text in (chunks or {}).items():
+        info.add_text(key, text)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG", pnginfo=info)
     return base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -177,7 +181,7 @@ def _hires_args(state, req: m.Txt2ImgRequest) -> tuple[str, dict] | None:
         getattr(inspect.getmodule(type(script)), "hires_args_from_request", None)
     if script is None or helper is None:
         raise ApiError(400, "enable_hr", "hires fix is not available (the 'Hires fix' script is not loaded)")
-    known = set(getattr(inspect.getmodule(type(script)), "UPSCALERS", ())) or {*LATENT_UPSCALE_MODES, *PIXEL_UPSCALERS}
+    known = {*LATENT_UPSCALE_MODES, *state.upscalers.names()}
     if req.hr_upscaler and req.hr_upscaler not in known:
         raise ApiError(400, "hr_upscaler", f"unknown upscaler {req.hr_upscaler!r}; valid: {', '.join(sorted(known))}")
     _check_sampler(req.hr_sampler_name or None, req.hr_scheduler or None, "hr_sampler_name", "hr_scheduler")
@@ -340,6 +344,64 @@ def generate(state, req: m.GenerationRequest) -> dict:
     if isinstance(req, m.Img2ImgRequest) and not req.include_init_images:
         echoed["init_images"], echoed["mask"] = None, None
     return {"images": images, "parameters": echoed, "info": json.dumps(result.info, default=str)}
+
+
+# --- extras ------------------------------------------------------------------------------------------------------
+
+def run_extras_request(state, req: m.ExtrasBaseRequest, uploads: list[tuple[str, str, str]],
+                       field: str) -> extras.ExtrasResult:
+    """Decode ``uploads`` (request field, base64 data, file name) within the upload limits and run A1111's extras
+    over them in the queue. Nothing is saved: A1111's API returns the images only. ApiError 400 naming the field
+    (an unknown upscaler, too large a result, …) before anything is queued."""
+    _check_text(req.model_dump(exclude={"image", "imageList"}), "")
+    _check_text([name for _, _, name in uploads], field)
+    if not uploads:
+        raise ApiError(422, field, "no image given")
+    decoded = decode_images(state, {where: data for where, data, _ in uploads})
+    sources = [extras.ExtrasSource(name, decoded[where]) for where, _, name in uploads]
+    params = extras.ExtrasParams(**req.model_dump(include={f.name for f in dataclasses.fields(extras.ExtrasParams)}))
+    try:
+        job = extras.submit_extras(state, extras.ExtrasJob(params, sources, field=field))
+    except ParamError as e:
+        raise ApiError(400, e.field, str(e).split(": ", 1)[-1]) from None
+    try:
+        return job.wait()
+    except ModelFileError as e:  # a model file damaged or replaced since it was listed
+        named = "upscaler_2" if params.upscaler_2 in str(e) and params.upscaler_1 not in str(e) else "upscaler_1"
+        raise ApiError(400, named, str(e)) from None
+
+
+def extras_png(item: extras.ExtrasImage) -> str:
+    """A result as base64 PNG: the source's parameters and the postprocessing text in A1111's chunks."""
+    chunks = {key: item.infotext for key in extras.TEXT_CHUNKS} if item.infotext else None
+    return encode_png(item.image, item.parameters or None, chunks)
+
+
+def extra_single_image(state, req: m.ExtrasSingleImageRequest) -> dict:
+    result = run_extras_request(state, req, [("image", req.image, "")], "image")
+    image = extras_png(result.images[0]) if result.images else None
+    return {"html_info": result.html_info, "image": image, "warnings": result.warnings}
+
+
+def extra_batch_images(state, req: m.ExtrasBatchImagesRequest) -> dict:
+    uploads = [(f"imageList[{i}].data", item.data, item.name) for i, item in enumerate(req.imageList)]
+    result = run_extras_request(state, req, uploads, "imageList")
+    return {"html_info": result.html_info, "images": [extras_png(i) for i in result.images],
+            "warnings": result.warnings}
+
+
+def upscaler_items(state) -> list[dict]:
+    """A1111's /upscalers: the built-ins, then every usable model file with its architecture and scale."""
+    builtins = [{"name": name, "scale": None if name == "None" else 4.0} for name in BUILTIN_UPSCALERS]
+    return builtins + [{"name": i.name, "model_name": i.architecture, "model_path": str(i.path), "model_url": None,
+                        "scale": float(i.scale)} for i in state.upscalers.catalog.usable()]
+
+
+def realesrgan_items(state) -> list[dict]:
+    """A1111's /realesrgan-models: the usable files of the RealESRGAN folder and the Real-ESRGAN architectures
+    (RRDB "x4plus" files are ESRGAN to spandrel and count only by their folder)."""
+    return [{"name": i.name, "path": str(i.path), "scale": i.scale} for i in state.upscalers.catalog.usable()
+            if i.folder == "RealESRGAN" or "RealESRGAN" in i.architecture]
 
 
 # --- progress ----------------------------------------------------------------------------------------------------
@@ -597,7 +659,27 @@ def build_router(state) -> APIRouter:
 
     @router.get("/upscalers", response_model=list[m.UpscalerItem])
     def upscalers():
-        return [{"name": name, "scale": None if name == "None" else 4.0} for name in PIXEL_UPSCALERS]
+        return upscaler_items(state)
+
+    @router.get("/realesrgan-models", response_model=list[m.RealesrganItem])
+    def realesrgan_models():
+        return realesrgan_items(state)
+
+    @router.get("/face-restorers", response_model=list[m.FaceRestorerItem])
+    def face_restorers():
+        return []  # GFPGAN and CodeFormer need face-detector weights that cannot ship offline
+
+    @router.get("/hypernetworks", response_model=list[m.HypernetworkItem])
+    def hypernetworks():
+        return []
+
+    @router.post("/extra-single-image", response_model=m.ExtrasSingleImageResponse)
+    def post_extra_single_image(req: m.ExtrasSingleImageRequest):
+        return extra_single_image(state, req)
+
+    @router.post("/extra-batch-images", response_model=m.ExtrasBatchImagesResponse)
+    def post_extra_batch_images(req: m.ExtrasBatchImagesRequest):
+        return extra_batch_images(state, req)
 
     @router.get("/latent-upscale-modes", response_model=list[m.LatentUpscaleModeItem])
     def latent_upscale_modes():
@@ -641,6 +723,11 @@ def build_router(state) -> APIRouter:
     @router.post("/refresh-loras")
     def refresh_loras():
         state.networks.loras.refresh()
+        return {}
+
+    @router.post("/refresh-upscalers")
+    def refresh_upscalers():
+        state.upscalers.catalog.refresh()
         return {}
 
     @router.post("/refresh-embeddings")

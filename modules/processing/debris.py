@@ -18,9 +18,9 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 _TEMP = re.compile(r"^(?:\..+\.|[\w.-]+\.json)[a-z0-9_]{8}\.tmp$")  # tempfile.mkstemp's 8 random characters
-_RESERVED = re.compile(r"^(?:\d{5,}-\d+|grid-\d{4,})\.\w+$")  # NNNNN-SEED.ext, grid-NNNN.ext
+_RESERVED = re.compile(r"^(?:\d{5,}(?:-.+)?|grid-\d{4,})\.\w+$")  # NNNNN-SEED.ext, NNNNN[-NAME].ext, grid-NNNN.ext
 _DATED = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-OUTPUT_KINDS = ("txt2img", "img2img", "txt2img-grids", "img2img-grids", "save")
+OUTPUT_KINDS = ("txt2img", "img2img", "extras", "txt2img-grids", "img2img-grids", "save")
 
 
 def _is_debris(entry: os.DirEntry, before: float) -> bool:

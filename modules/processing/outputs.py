@@ -67,6 +67,12 @@ def next_image_path(folder: Path, seed: int, ext: str = "png") -> Path:
     return _reserve(folder, re.compile(r"(\d+)(?:-|\.|$)"), lambda n: f"{n:05d}-{seed}.{ext}")
 
 
+def next_extras_path(folder: Path, stem: str = "", ext: str = "png") -> Path:
+    """Reserve and return ``folder/NNNNN.ext`` (A1111's Extras naming), or ``NNNNN-STEM.ext`` for an input with a
+    file name (a batch's), counting on from the highest ``NNNNN…`` name, like :func:`next_image_path`."""
+    return _reserve(folder, re.compile(r"(\d+)(?:-|\.|$)"), lambda n: f"{n:05d}{'-' + stem if stem else ''}.{ext}")
+
+
 def next_grid_path(folder: Path, ext: str = "png") -> Path:
     """Reserve and return ``folder/grid-NNNN.ext`` (A1111's grid naming, 4-digit counter), like
     :func:`next_image_path`."""

@@ -111,7 +111,7 @@ def run_job(state, params: GenerationParams, progress: JobProgress | None = None
     net_text, tags = extract_network_tags(prompt)
     extra_fields: dict = {}
     embeddings = state.networks.activate(model, tags, result.warnings, extra_fields) if state.networks else {}
-    encoder = PromptEncoder(model, clip_skip, settings.emphasis, embeddings)
+    encoder = PromptEncoder(model, clip_skip, settings.emphasis, embeddings, offloader=state.models.offloader)
     schedule = DiscreteSchedule.from_params(ScheduleParams(
         prediction_type="v_prediction" if model.spec.prediction == "v" else "epsilon",
         family=FAMILY_SCHEDULE[model.family]))
@@ -243,8 +243,10 @@ def _run_batch(state, job: _Job, iteration: int, lo: int, hi: int, bar) -> None:
                 progress.show_preview(preview)
 
     eta = _eta(job)
-    samples = job.choice.sampler.sample(denoiser, before.latents, before.sigmas, callback=callback, noise_sampler=noise,
-                                        control=progress.control, **({} if eta is None else {"eta": eta}))
+    step_noise = noise.brownian(before.sigmas) if job.choice.sampler.brownian_noise else noise
+    samples = job.choice.sampler.sample(denoiser, before.latents, before.sigmas, callback=callback,
+                                        noise_sampler=step_noise, control=progress.control,
+                                        **({} if eta is None else {"eta": eta}))
     if blend is not None:
         samples = init.latent * blend.keep + samples * (1 - blend.keep)
     _check_finite(state, samples, "sampling")
@@ -374,9 +376,11 @@ def _prepare_img2img(state, job: _Job, lo: int, hi: int, initial: torch.Tensor) 
 
 
 def _uses_ensd(job: _Job) -> bool:
-    """Whether ENSD changed the image: it is set and the sampler draws per-step noise (eta not 0)."""
+    """Whether ENSD changed the image: it is set and the sampler draws per-step noise (eta not 0) from the images'
+    generators (Brownian-tree noise is seeded by the seeds alone)."""
     eta = _eta(job)  # None: no eta, so per-step noise only if the sampler is stochastic
-    draws_noise = job.choice.sampler.stochastic or eta is not None
+    sampler = job.choice.sampler
+    draws_noise = (sampler.stochastic or eta is not None) and not sampler.brownian_noise
     return bool(job.settings.eta_noise_seed_delta) and draws_noise and eta != 0
 
 
@@ -397,6 +401,8 @@ def _infotext_params(job: _Job, index: int, clip_skip: int) -> dict:
         "Variation seed strength": p.subseed_strength or None,
         "Seed resize from": f"{p.seed_resize_from_w}x{p.seed_resize_from_h}" if p.seed_resize_from_w > 0 and p.seed_resize_from_h > 0 else None,
         "Denoising strength": p.denoising_strength if isinstance(p, Img2ImgParams) else None,
+        "Image CFG scale": p.image_cfg_scale if job.model.spec.variant == "pix2pix" and isinstance(p, Img2ImgParams)
+        else None,
         "Clip skip": clip_skip if clip_skip > 1 else None,
         "ENSD": job.settings.eta_noise_seed_delta if _uses_ensd(job) else None,
         "RNG": job.settings.randn_source if job.settings.randn_source != "GPU" else None,

@@ -16,6 +16,7 @@ from types import MappingProxyType
 from PIL import Image
 
 from ..image_io import save_image
+from ..output_folders import make_folder
 from . import outputs
 
 log = logging.getLogger(__name__)
@@ -49,16 +50,20 @@ class UnsavedImages:
     def __init__(self) -> None:
         self._refused: dict[tuple[str, Path], tuple[int, Exception]] = {}
 
-    def save(self, image: Image.Image, folder: Path, reserve: Callable[[Path], Path],
-             infotext: str | None) -> Path | None:
-        """Save ``image`` into today's folder under ``folder``, named by ``reserve(dated_folder)`` (which may create
-        an empty placeholder: it is removed again when the save fails). None when the disk refused it."""
+    def save(self, image: Image.Image, folder: Path, reserve: Callable[[Path], Path], infotext: str | None,
+             extra_text: Mapping[str, str] | None = None, dated: bool = True) -> Path | None:
+        """Save ``image`` into today's folder under ``folder`` (``dated`` False: into ``folder`` itself), named by
+        ``reserve(that folder)`` (which may create an empty placeholder: it is removed again when the save fails),
+        with ``extra_text`` as further PNG text chunks. None when the disk refused it."""
         target = Path(folder)
         try:
-            target = outputs.dated_folder(target)
+            if dated:
+                target = outputs.dated_folder(target)
+            else:
+                make_folder(target)
             path = reserve(target)
             try:
-                return save_image(image, path, infotext=infotext)
+                return save_image(image, path, infotext=infotext, extra_text=extra_text)
             except BaseException:
                 with contextlib.suppress(OSError):
                     path.unlink()

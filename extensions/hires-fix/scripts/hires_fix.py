@@ -3,18 +3,18 @@
 The first pass runs as usual. After each batch is decoded (``AFTER_DECODE``) every image gets a second pass at
 the target size through ``run_job``: from the first pass's final latents upscaled in latent space (the Latent
 modes; the latents are the sampler's last estimate, read in ``AFTER_CFG``), or from the decoded image upscaled in
-pixels (Lanczos, Nearest) as img2img. The second pass's images replace the first's, and the first job keeps, saves
-and describes them ("Hires upscale", "Hires steps", "Hires upscaler", "Denoising strength", … in the infotext;
-"Size" stays the first pass's size, as in A1111). The job's per-request UNet hooks of other scripts (``BEFORE_UNET``,
-``UNET_CALL``, ``AFTER_UNET``: e.g. ControlNet units) run in the second pass too; their calls carry the second
-pass's params, which tells them apart. The second pass's steps count in the job's progress ("Hires pass k/n").
+pixels as img2img: by any of the app's upscalers (``state.upscalers``: None, Lanczos, Nearest and the model files of
+``models/ESRGAN`` & co., run in tiles of the ``ESRGAN_tile`` setting). The second pass's images replace the first's,
+and the first job keeps, saves and describes them ("Hires upscale", "Hires steps", "Hires upscaler", "Denoising
+strength", … in the infotext; "Size" stays the first pass's size, as in A1111). The job's per-request UNet hooks
+of other scripts (``BEFORE_UNET``, ``UNET_CALL``, ``AFTER_UNET``: e.g. ControlNet units) run in the second pass
+too; their calls carry the second pass's params, which tells them apart. The second pass's steps count in the job's progress ("Hires pass k/n").
 """
 from __future__ import annotations
 
 import dataclasses
 
 import torch
-from PIL import Image
 
 from modules.hooks import HookPoint
 from modules.processing.image_ops import LATENT_UPSCALE_MODES, latent_upscale
@@ -23,13 +23,22 @@ from modules.remote_limits import PassSize
 from modules.sampling.registry import SAMPLERS, SCHEDULES, resolve
 from modules.sampling.schedules import img2img_sigmas
 from modules.scripts import Control, Script, XyzAxis
+from modules.upscaling.upscale import Tiling
 
 TITLE = "Hires fix"
 SAME_CHECKPOINT, SAME_SAMPLER, SAME_SCHEDULER = "Use same checkpoint", "Use same sampler", "Use same scheduler"
-PIXEL_UPSCALERS = {"Lanczos": Image.Resampling.LANCZOS, "Nearest": Image.Resampling.NEAREST}
-UPSCALERS = (*LATENT_UPSCALE_MODES, *PIXEL_UPSCALERS)
 DEFAULT_DENOISING = 0.7
 UNET_HOOK_POINTS = (HookPoint.BEFORE_UNET, HookPoint.UNET_CALL, HookPoint.AFTER_UNET)
+
+
+def upscaler_choices(state) -> tuple[str, ...]:
+    """The Upscaler dropdown, as A1111's: the latent modes, then the app's upscalers (None, Lanczos, Nearest, the
+    usable model files)."""
+    return (*LATENT_UPSCALE_MODES, *state.upscalers.names())
+
+
+class _Stopped(Exception):
+    """The job was interrupted while a model upscaled its image."""
 
 
 def target_size(width: int, height: int, scale: float, resize_x: int, resize_y: int) -> tuple[int, int, int, int]:
@@ -99,6 +108,7 @@ class _Pass:
     height: int = 0
     cover: tuple[int, int] = (0, 0)
     steps: int = 0  # the sampling steps of one image's second pass
+    tiling: Tiling = dataclasses.field(default_factory=Tiling)  # model upscalers' tiles (ESRGAN_tile settings)
     images: int = 0  # images given a second pass so far
     last_denoised: object = None
 
@@ -109,13 +119,15 @@ class HiresFix(Script):
     kinds = ("txt2img",)
 
     def __init__(self, state):
+        self.state = state
         self.checkpoints = state.checkpoints
 
     def controls(self, kind: str) -> list[Control]:
-        self.checkpoints.refresh()  # a checkpoint added since the last request is offered at once
+        self.checkpoints.refresh()  # a checkpoint or upscaler added since the last request is offered at once
+        self.state.upscalers.catalog.refresh()
         return [
             Control("enable", "checkbox", "Hires. fix", False, switch=True),
-            Control("hr_upscaler", "dropdown", "Upscaler", "Latent", choices=UPSCALERS),
+            Control("hr_upscaler", "dropdown", "Upscaler", "Latent", choices=upscaler_choices(self.state)),
             Control("hr_second_pass_steps", "slider", "Hires steps", 0, minimum=0, maximum=150, step=1,
                     tooltip="0: the same number of steps as the first pass"),
             Control("denoising_strength", "slider", "Denoising strength", DEFAULT_DENOISING, minimum=0, maximum=1,
@@ -179,6 +191,7 @@ class HiresFix(Script):
                                                         args["hr_resize_y"])
             job.cover = tuple(cover)
             job.steps = second_pass_steps(args["hr_second_pass_steps"] or p.steps, args, event.settings)
+            job.tiling = Tiling(event.settings.ESRGAN_tile, event.settings.ESRGAN_tile_overlap)
             if progress is not None:
                 progress.add_batch_steps(job.steps * p.batch_size)
 
@@ -229,8 +242,8 @@ class HiresFix(Script):
         for hook in job.request_hooks.hooks:  # the job's own UNet hooks (e.g. ControlNet units) act here too
             if hook.point in UNET_HOOK_POINTS and hook.owner != (self.extension or TITLE):
                 hooks.register(hook.point, hook.fn, hook.owner, hook.order)
+        cover_w, cover_h = job.cover
         if args["hr_upscaler"] in LATENT_UPSCALE_MODES:
-            cover_w, cover_h = job.cover
             latent = latent_upscale(job.last_denoised[i:i + 1].float(), cover_w, cover_h, args["hr_upscaler"])
             latent = _crop_centre(latent, job.height // 8, job.width // 8)
             strength = args["denoising_strength"]
@@ -243,8 +256,10 @@ class HiresFix(Script):
             hooks.register(HookPoint.BEFORE_SAMPLING, start_from_upscaled, self.extension or TITLE)
             second = self._second_params(params, args, Txt2ImgParams, seed=seed, width=job.width, height=job.height)
         else:
-            cover_w, cover_h = job.cover
-            image = event.images[i].resize((cover_w, cover_h), PIXEL_UPSCALERS[args["hr_upscaler"]])
+            try:
+                image = self._upscale_pixels(state, event.images[i], job, progress)
+            except _Stopped:
+                return event.images[i]
             left, top = (cover_w - job.width) // 2, (cover_h - job.height) // 2
             image = image.crop((left, top, left + job.width, top + job.height))
             second = self._second_params(params, args, Img2ImgParams, seed=seed, width=job.width, height=job.height,
@@ -255,6 +270,19 @@ class HiresFix(Script):
             if before_model is not None and state.models.current_info != before_model:
                 state.models.load(before_model)
         return result.images[0] if result.images else event.images[i]
+
+    @staticmethod
+    def _upscale_pixels(state, image, job: _Pass, progress):
+        """``image`` upscaled to the cover size by a pixel or model upscaler; a model's tiles show in the progress
+        text, and an interrupt stops it (:class:`_Stopped`)."""
+        def on_tile(done: int, total: int) -> None:
+            if progress is None:
+                return
+            if progress.control.interrupted:
+                raise _Stopped()
+            progress.textinfo = f"Hires upscale: {job.args['hr_upscaler']}, tile {done}/{total}"
+
+        return state.upscalers.upscale(image, job.args["hr_upscaler"], job.cover, job.tiling, on_tile)
 
     @staticmethod
     def _pass_text(job: _Pass, params) -> str:
@@ -310,20 +338,23 @@ def _set_hires_arg(name: str):
     return apply
 
 
-def _upscaler(text: str) -> str:
-    match = next((u for u in UPSCALERS if u.lower() == text.strip().lower()), None)
-    if match is None:
-        raise ValueError(f"unknown upscaler {text!r}; choose from {', '.join(UPSCALERS)}")
-    return match
+def _upscaler_parser(state):
+    def parse(text: str) -> str:
+        choices = upscaler_choices(state)
+        match = next((u for u in choices if u.lower() == text.strip().lower()), None)
+        if match is None:
+            raise ValueError(f"unknown upscaler {text!r}; choose from {', '.join(choices)}")
+        return match
+    return parse
 
 
 def register(api) -> None:
-    """The script (its checkpoint dropdown lists the app's checkpoints) and X/Y/Z plot axes for the hires settings
-    (the plot lists what extensions contribute)."""
+    """The script (its dropdowns list the app's checkpoints and upscalers) and X/Y/Z plot axes for the hires
+    settings (the plot lists what extensions contribute)."""
     api.add_script(HiresFix(api.state))
     api.contribute("xyz_axis", XyzAxis("Hires steps", int, _set_hires_arg("hr_second_pass_steps"), ("txt2img",),
                                        numeric=True))
-    api.contribute("xyz_axis", XyzAxis("Hires upscaler", _upscaler, _set_hires_arg("hr_upscaler"), ("txt2img",),
-                                       choices=lambda state: list(UPSCALERS)))
+    api.contribute("xyz_axis", XyzAxis("Hires upscaler", _upscaler_parser(api.state), _set_hires_arg("hr_upscaler"),
+                                       ("txt2img",), choices=lambda state: list(upscaler_choices(state))))
     api.contribute("xyz_axis", XyzAxis("Denoising", float, _set_hires_arg("denoising_strength"), ("txt2img",),
                                        numeric=True))
