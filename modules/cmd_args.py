@@ -23,6 +23,126 @@ _DEVICE_PATTERN = re.compile(r"(auto|cpu|mps|cuda(:\d+)?)")
 
 
 @dataclass(frozen=True)
+class CompatFlag:
+    """An A1111 1.10 flag accepted so that its command lines start, with why it changes nothing here."""
+
+    flag: str
+    reason: str
+    metavar: str | None = None  # the value it takes; None: a switch
+    nargs: str | None = None  # "+" for one or more values
+
+
+_ATTENTION = "has no effect here: PyTorch's scaled-dot-product attention is always used"
+_LAUNCHER = "has no effect here: an A1111 launcher step this launcher does not have"
+_A1111_NOOP = "has no effect (it does nothing in A1111 either)"
+_NO_MODEL = "has no effect here: that kind of model is not supported"
+_NO_FEATURE = "has no effect here: the feature it configures does not exist in this web UI"
+_DATA_FOLDER = "has no effect here: that file is kept in the data folder (--data-dir)"
+_PATHS = "has no effect here: give the folders with --ckpt-dir, --vae-dir, --lora-dir, --embeddings-dir, …"
+_EXTENSIONS = "has no effect here: turn extensions off in the Extensions tab"
+
+# A1111 1.10's flags that this project accepts without acting on them (its modules/cmd_args.py, with the flags
+# its paths module and built-in extensions add).
+COMPAT_FLAGS: tuple[CompatFlag, ...] = (
+    CompatFlag("-f", "has no effect here: running as root is not refused"),
+    CompatFlag("--update-all-extensions", _LAUNCHER),
+    CompatFlag("--skip-python-version-check", _LAUNCHER),
+    CompatFlag("--skip-torch-cuda-test", "has no effect here: the CUDA check happens only with --device cuda"),
+    CompatFlag("--reinstall-xformers", "has no effect here: xformers is not used"),
+    CompatFlag("--reinstall-torch", "has no effect here: torch is reinstalled when its version differs from the "
+               "tested one (or set TORCH_COMMAND)"),
+    CompatFlag("--update-check", _LAUNCHER),
+    CompatFlag("--test-server", _LAUNCHER),
+    CompatFlag("--log-startup", _LAUNCHER),
+    CompatFlag("--dump-sysinfo", _LAUNCHER),
+    CompatFlag("--loglevel", "has no effect here: the log level is fixed", "LEVEL"),
+    CompatFlag("--do-not-download-clip", "has no effect here: nothing is ever downloaded"),
+    CompatFlag("--no-download-sd-model", "has no effect here: nothing is ever downloaded (the demo model ships)"),
+    CompatFlag("--config", "has no effect here: the model's architecture is read from its tensor shapes", "PATH"),
+    CompatFlag("--models-dir", _PATHS, "DIR"),
+    CompatFlag("--gfpgan-dir", _NO_MODEL, "DIR"),
+    CompatFlag("--gfpgan-model", _NO_MODEL, "NAME"),
+    CompatFlag("--gfpgan-models-path", _NO_MODEL, "DIR"),
+    CompatFlag("--codeformer-models-path", _NO_MODEL, "DIR"),
+    CompatFlag("--bsrgan-models-path", _NO_MODEL, "DIR"),
+    CompatFlag("--ldsr-models-path", _NO_MODEL, "DIR"),
+    CompatFlag("--clip-models-path", _NO_MODEL, "DIR"),
+    CompatFlag("--hypernetwork-dir", _NO_MODEL, "DIR"),
+    CompatFlag("--lyco-dir-backcompat", "has no effect here: LyCORIS files go in the --lora-dir folder", "DIR"),
+    CompatFlag("--textual-inversion-templates-dir", _NO_FEATURE, "DIR"),
+    CompatFlag("--localizations-dir", _NO_FEATURE, "DIR"),
+    CompatFlag("--no-progressbar-hiding", _A1111_NOOP),
+    CompatFlag("--max-batch-count", "has no effect here: the setting limit_images_per_request caps a request",
+               "N"),
+    CompatFlag("--allow-code", _NO_FEATURE),
+    CompatFlag("--medvram-sdxl", "is not applied here: use --medvram, which offloads every model (SDXL too); "
+               "it has no effect on the CPU"),
+    CompatFlag("--lowram", "has no effect here: safetensors files are read through a memory map"),
+    CompatFlag("--always-batch-cond-uncond", _A1111_NOOP),
+    CompatFlag("--unload-gfpgan", _A1111_NOOP),
+    CompatFlag("--upcast-sampling", "has no effect here: use --no-half (or --precision full) to compute in fp32"),
+    CompatFlag("--ngrok", "has no effect here: ngrok tunnels are not supported (see --share)", "TOKEN"),
+    CompatFlag("--ngrok-region", _A1111_NOOP, "REGION"),
+    CompatFlag("--ngrok-options", "has no effect here: ngrok tunnels are not supported (see --share)", "JSON"),
+    CompatFlag("--xformers", _ATTENTION),
+    CompatFlag("--force-enable-xformers", _ATTENTION),
+    CompatFlag("--xformers-flash-attention", _ATTENTION),
+    CompatFlag("--deepdanbooru", _A1111_NOOP),
+    CompatFlag("--opt-split-attention", _ATTENTION),
+    CompatFlag("--opt-sub-quad-attention", _ATTENTION),
+    CompatFlag("--sub-quad-q-chunk-size", _ATTENTION, "N"),
+    CompatFlag("--sub-quad-kv-chunk-size", _ATTENTION, "N"),
+    CompatFlag("--sub-quad-chunk-threshold", _ATTENTION, "PERCENT"),
+    CompatFlag("--opt-split-attention-invokeai", _ATTENTION),
+    CompatFlag("--opt-split-attention-v1", _ATTENTION),
+    CompatFlag("--opt-sdp-attention", "has no effect here: it is what is used anyway"),
+    CompatFlag("--opt-sdp-no-mem-attention", _ATTENTION),
+    CompatFlag("--disable-opt-split-attention", _ATTENTION),
+    CompatFlag("--opt-channelslast", "has no effect here: the default memory layout is used"),
+    CompatFlag("--disable-nan-check", "has no effect here: a VAE decode that gives NaN is retried in fp32"),
+    CompatFlag("--use-ipex", "has no effect here: Intel XPUs are not supported (--device picks the device)"),
+    CompatFlag("--disable-model-loading-ram-optimization", "has no effect here: models load the same way always"),
+    CompatFlag("--show-negative-prompt", _A1111_NOOP),
+    CompatFlag("--ui-config-file", _DATA_FOLDER, "PATH"),
+    CompatFlag("--styles-file", _DATA_FOLDER, "PATH"),
+    CompatFlag("--hide-ui-dir-config", "has no effect here: clients may only choose output folders inside the data "
+               "folder or --allowed-output-roots"),
+    CompatFlag("--freeze-settings", _NO_FEATURE),
+    CompatFlag("--freeze-settings-in-sections", _NO_FEATURE, "SECTIONS"),
+    CompatFlag("--freeze-specific-settings", _NO_FEATURE, "NAMES"),
+    CompatFlag("--gradio-debug", _NO_FEATURE),
+    CompatFlag("--gradio-img2img-tool", _A1111_NOOP, "TOOL"),
+    CompatFlag("--gradio-inpaint-tool", _A1111_NOOP, "TOOL"),
+    CompatFlag("--gradio-allowed-path", "has no effect here: the UI serves only the images it made", "PATH"),
+    CompatFlag("--use-textbox-seed", _NO_FEATURE),
+    CompatFlag("--disable-console-progressbars", _NO_FEATURE),
+    CompatFlag("--enable-console-prompts", _A1111_NOOP),
+    CompatFlag("--vae-path", "has no effect here: choose the VAE with the sd_vae setting (files in --vae-dir)",
+               "PATH"),
+    CompatFlag("--disable-safe-unpickle", "has no effect here: pickles load only with --allow-pickle, and then "
+               "always with torch.load(weights_only=True)"),
+    CompatFlag("--api-log", _NO_FEATURE),
+    CompatFlag("--ui-debug-mode", _NO_FEATURE),
+    CompatFlag("--administrator", _NO_FEATURE),
+    CompatFlag("--cors-allow-origins-regex", "has no effect here: list the origins with --cors-allow-origins",
+               "REGEX"),
+    CompatFlag("--disable-tls-verify", _NO_FEATURE),
+    CompatFlag("--gradio-queue", _A1111_NOOP),
+    CompatFlag("--no-gradio-queue", "has no effect here: the Gradio queue is always used"),
+    CompatFlag("--skip-version-check", _LAUNCHER),
+    CompatFlag("--no-hashing", "has no effect here: hashes are computed once and cached in the data folder"),
+    CompatFlag("--add-stop-route", _A1111_NOOP),
+    CompatFlag("--api-server-stop", _NO_FEATURE),
+    CompatFlag("--disable-all-extensions", _EXTENSIONS),
+    CompatFlag("--disable-extra-extensions", _EXTENSIONS),
+    CompatFlag("--skip-load-model-at-start", "has no effect here: the model loads in the background at start"),
+    CompatFlag("--unix-filenames-sanitization", "has no effect here: file names are NNNNN-SEED, never the prompt"),
+    CompatFlag("--filenames-max-length", "has no effect here: file names are NNNNN-SEED, never the prompt", "N"),
+    CompatFlag("--no-prompt-history", "has no effect here: no params.txt is written"),
+)
+
+
+@dataclass(frozen=True)
 class ServerOptions:
     """How the web UI / API server is exposed (A1111 flag names)."""
 
@@ -46,6 +166,7 @@ class ServerOptions:
     theme: str | None = None  # "light" or "dark"; None: the browser's colour scheme
     remote_max_pixels: int | None = None  # width × height cap for clients on other machines; None: no cap
     remote_max_steps: int | None = None  # sampling steps cap for clients on other machines; None: no cap
+    timeout_keep_alive: int = 5  # seconds an idle HTTP connection stays open (uvicorn's; A1111's flag)
 
     @property
     def host(self) -> str:
@@ -78,6 +199,8 @@ class LaunchOptions:
     controlnet_dir: Path | None = None  # None: models/ControlNet beside the checkpoint folder
     allowed_output_roots: tuple[Path, ...] = ()  # folders besides data_dir that clients may name as output folders
     upscaler_dirs: tuple[tuple[str, Path], ...] = ()  # (A1111 folder kind, folder); missing kinds: beside ckpt_dir
+    settings_file: Path | None = None  # --ui-settings-file; None: config.json in the data folder
+    compat_notes: tuple[str, ...] = ()  # one line per given A1111 flag that has no effect here (logged at start)
 
     @property
     def upscaler_folders(self) -> dict[str, Path]:
@@ -87,8 +210,8 @@ class LaunchOptions:
 
     @property
     def config_path(self) -> Path:
-        """``config.json`` holding the user's settings."""
-        return self.data_dir / "config.json"
+        """``config.json`` holding the user's settings (``--ui-settings-file`` names another file)."""
+        return self.settings_file or self.data_dir / "config.json"
 
     @property
     def outputs_dir(self) -> Path:
@@ -129,6 +252,36 @@ def _positive(value: str) -> int:
     return int(value)
 
 
+def _device_id(value: str) -> str:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a GPU number, got {value!r}")
+    return value
+
+
+def _compat_dest(flag: CompatFlag) -> str:
+    return "compat_" + flag.flag.lstrip("-").replace("-", "_")
+
+
+def compat_notes(ns: argparse.Namespace) -> tuple[str, ...]:
+    """One line per A1111 flag in ``ns`` that was given but has no effect here ("--xformers: has no effect …")."""
+    notes = [f"{flag.flag}: {flag.reason}" for flag in COMPAT_FLAGS if getattr(ns, _compat_dest(flag)) not in
+             (None, False)]
+    ignored = [m for m in ns.use_cpu if m not in ("all", "sd")]
+    if ignored:
+        notes.append(f"--use-cpu {' '.join(ignored)}: has no effect here: every part of the model runs on one "
+                     "device ('all' or 'sd' means --device cpu)")
+    return tuple(notes)
+
+
+def _chosen_device(ns: argparse.Namespace) -> str | None:
+    """--device, else A1111's --use-cpu all/sd or --device-id N; None for automatic choice."""
+    if ns.device != "auto":
+        return ns.device
+    if {"all", "sd"} & set(ns.use_cpu):
+        return "cpu"
+    return f"cuda:{ns.device_id}" if ns.device_id is not None else None
+
+
 def _directory(value: str) -> Path:
     return Path(value).expanduser().resolve()
 
@@ -158,7 +311,7 @@ def build_parser(root: Path = REPO_ROOT, commands: Mapping[str, str] | None = No
         "                    (default: pip install torch==<tested version>)",
     )
     setup = parser.add_argument_group("set-up")
-    setup.add_argument("--skip-install", action="store_true",
+    setup.add_argument("--skip-install", "--skip-prepare-environment", action="store_true",
                        help="do not check or install dependencies (fast start)")
 
     paths = parser.add_argument_group("paths")
@@ -181,6 +334,8 @@ def build_parser(root: Path = REPO_ROOT, commands: Mapping[str, str] | None = No
     paths.add_argument("--data-dir", type=_directory, default=root / "data", metavar="DIR",
                        help="folder for settings (config.json), saved images (outputs/) and caches (cache/) "
                        "(default: data)")
+    paths.add_argument("--ui-settings-file", type=_directory, default=None, metavar="FILE",
+                       help="settings file (default: config.json in the data folder)")
     paths.add_argument("--allowed-output-roots", type=_directories, action="extend", default=None,
                        metavar="DIR[,DIR]", help="folders besides the data folder that the Settings tab and API "
                        "clients may choose as output folders (comma-separated; may be repeated)")
@@ -200,6 +355,10 @@ def build_parser(root: Path = REPO_ROOT, commands: Mapping[str, str] | None = No
                          "(default: autocast)")
     compute.add_argument("--device", type=_device, default="auto",
                          help="auto, cpu, cuda, cuda:N or mps (default: auto = CUDA, then MPS, then CPU)")
+    compute.add_argument("--device-id", type=_device_id, default=None, metavar="N",
+                         help="A1111's way to pick GPU N: the same as --device cuda:N")
+    compute.add_argument("--use-cpu", nargs="+", type=str.lower, default=[], metavar="MODULE",
+                         help="A1111's way to compute on the CPU: 'all' or 'sd' is the same as --device cpu")
 
     safety = parser.add_argument_group("safety")
     safety.add_argument("--allow-pickle", action="store_true",
@@ -235,8 +394,19 @@ def build_parser(root: Path = REPO_ROOT, commands: Mapping[str, str] | None = No
     server.add_argument("--remote-max-pixels", type=_positive, default=None, metavar="N",
                         help="refuse jobs over N pixels (width × height, hires fix's target too) from clients on "
                         "other machines (default: no cap)")
+    server.add_argument("--timeout-keep-alive", type=_positive, default=5, metavar="S",
+                        help="seconds an idle HTTP connection is kept open (default: 5)")
     server.add_argument("--remote-max-steps", type=_positive, default=None, metavar="N",
                         help="refuse jobs over N sampling steps from clients on other machines (default: no cap)")
+
+    compat = parser.add_argument_group("A1111 flags accepted for compatibility",
+                                       "They have no effect here; each one given logs a line saying why.")
+    for flag in COMPAT_FLAGS:
+        if flag.metavar is None:
+            compat.add_argument(flag.flag, action="store_true", dest=_compat_dest(flag), help=flag.reason)
+        else:
+            compat.add_argument(flag.flag, nargs=flag.nargs, default=None, metavar=flag.metavar,
+                                dest=_compat_dest(flag), help=flag.reason)
 
     parser.add_argument("command", nargs="?", default=None, help=argparse.SUPPRESS)
     return parser
@@ -294,11 +464,13 @@ def options_from_namespace(ns: argparse.Namespace) -> LaunchOptions:
         medvram=ns.medvram,
         lowvram=ns.lowvram,
         precision=ns.precision,
-        device=None if ns.device == "auto" else ns.device,
+        device=_chosen_device(ns),
         allow_pickle=ns.allow_pickle,
         controlnet_dir=ns.controlnet_dir,
         allowed_output_roots=tuple(ns.allowed_output_roots or ()),
         upscaler_dirs=tuple((kind, getattr(ns, f"upscaler_dir_{kind}")) for kind in UPSCALER_FOLDERS),
+        settings_file=ns.ui_settings_file,
+        compat_notes=compat_notes(ns),
         server=ServerOptions(
             port=ns.port, listen=ns.listen, server_name=ns.server_name, share=ns.share, gradio_auth=ns.gradio_auth,
             gradio_auth_path=ns.gradio_auth_path, api=ns.api or ns.nowebui, api_auth=ns.api_auth,
@@ -307,5 +479,6 @@ def options_from_namespace(ns: argparse.Namespace) -> LaunchOptions:
             enable_insecure_extension_access=ns.enable_insecure_extension_access, autolaunch=ns.autolaunch,
             insecure=ns.insecure, cors_allow_origins=ns.cors_allow_origins, theme=ns.theme,
             remote_max_pixels=ns.remote_max_pixels, remote_max_steps=ns.remote_max_steps,
+            timeout_keep_alive=ns.timeout_keep_alive,
         ),
     )

@@ -23,6 +23,8 @@ class HookPoint(str, Enum):
     UNET_CALL = "unet_call"  # wrapper: (UnetCall, next) -> model output
     AFTER_UNET = "after_unet"  # AfterUnet
     AFTER_CFG = "after_cfg"  # AfterCfg
+    MASK_BLEND = "mask_blend"  # MaskBlend (inpainting: original and denoised latents mixed through the mask)
+    INPAINT_COMPOSITE = "inpaint_composite"  # InpaintComposite (inpainting: the masks the images are pasted with)
     AFTER_DECODE = "after_decode"  # AfterDecode
     BEFORE_SAVE = "before_save"  # BeforeSave
     INFOTEXT = "infotext"  # InfotextFields
@@ -85,6 +87,43 @@ class AfterCfg:
     sigma: Any
     step: int
     total_steps: int
+    params: Any
+
+
+@dataclass
+class MaskBlend:
+    """Inpainting: the original latents pinned outside the mask, after each denoiser call (``final`` False, with
+    that call's ``sigma``) and once on the sampler's result (``final`` True). The engine mixes
+    ``init_latent * keep + latent * (1 - keep)``; a hook that sets ``blended`` ([B, 4, h, w]) replaces that mix.
+    ``keep`` is the engine's mask (1 = original, rounded to 0/1 as A1111's), ``soft_keep`` the same mask unrounded
+    (the mask blur's gradient at latent size)."""
+
+    init_latent: Any  # [B, 4, h, w]
+    latent: Any  # [B, 4, h, w]: the denoised estimate (or the sampler's result when final)
+    keep: Any  # [B or 1, 1, h, w]
+    soft_keep: Any  # [B or 1, 1, h, w]
+    sigma: Any  # [B] (0 when final)
+    step: int
+    total_steps: int
+    final: bool
+    params: Any
+    blended: Any = None
+
+
+@dataclass
+class InpaintComposite:
+    """Inpainting, once per batch after sampling: ``masks[i]`` (a full-size "L" image, 255 = generated) is the mask
+    image ``i`` of the batch is pasted over its original with; a hook may replace entries. ``init_latent`` /
+    ``latent`` are the original and sampled latents of the work area (``work_size`` = (width, height) pixels), which
+    is ``boxes[i]`` of the original for "Only masked" (None: the whole image)."""
+
+    masks: list
+    init_latent: Any  # [B, 4, h, w]
+    latent: Any  # [B, 4, h, w]
+    soft_keep: Any  # [B or 1, 1, h, w]: see MaskBlend
+    boxes: list
+    original_sizes: list  # per image: (width, height) of the image the mask applies to
+    work_size: tuple[int, int]
     params: Any
 
 

@@ -246,6 +246,8 @@ _FIELDS: tuple[tuple[str, str, Callable[[object], object]], ...] = (
     ("sd_vae_hash", "VAE hash", str),
     ("sd_vae_name", "VAE", str),
     ("tiling", "Tiling", _as_bool_true),
+    ("refiner_checkpoint", "Refiner", str),
+    ("refiner_switch_at", "Refiner switch at", float),
     ("hr_scale", "Hires upscale", float),
     ("hr_upscaler", "Hires upscaler", str),
     ("hr_second_pass_steps", "Hires steps", int),

@@ -302,6 +302,8 @@ def main(argv: Sequence[str], script: Path) -> int:
     command = COMMANDS[invocation.command] if invocation.command else APP
     try:
         enter_venv(REPO_ROOT, script, argv)
+        for note in invocation.options.compat_notes:  # after enter_venv: logged once, by the process that runs
+            log(note)
         if invocation.options.skip_install:
             log("--skip-install: not checking dependencies")
         else:

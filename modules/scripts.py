@@ -19,7 +19,9 @@ from .remote_limits import PassSize, RemoteLimits
 
 log = logging.getLogger(__name__)
 
-CONTROL_KINDS = ("checkbox", "slider", "number", "text", "dropdown", "radio", "image", "info")  # info: a line to read
+# info: a line to read; checkboxes: several of ``choices`` (a list); textarea: text of several lines
+CONTROL_KINDS = ("checkbox", "slider", "number", "text", "textarea", "dropdown", "radio", "checkboxes", "image",
+                 "info")
 
 
 @dataclass(frozen=True)
@@ -202,15 +204,35 @@ def _coerce(control: Control, value):
         if control.choices and value not in control.choices:
             if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < len(control.choices):
                 return control.choices[value]  # A1111 radio/dropdown "index" values
+            same = [c for c in control.choices if isinstance(value, str) and str(c).lower() == value.strip().lower()]
+            if len(same) == 1:  # another spelling of a choice: "CFG Scale" (A1111's X/Y/Z label) for "CFG scale"
+                return same[0]
             raise ValueError(f"{control.name}: {value!r} is not one of {', '.join(map(str, control.choices))}")
         return value
-    if kind == "text":
+    if kind == "checkboxes":
+        return _chosen(control, value)
+    if kind in ("text", "textarea"):
         if value is None:
             return ""
         if not isinstance(value, (str, int, float)):
             raise ValueError(f"{control.name}: expected text, got {type(value).__name__}")
         return str(value)
     return value  # image: passed as given (PIL image or None)
+
+
+def _chosen(control: Control, value) -> list:
+    """A checkbox group's value: a list (or comma-separated text) of its choices, any case, in the choices' order."""
+    if isinstance(value, str):
+        value = [part for part in (p.strip() for p in value.split(",")) if part]
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(f"{control.name}: expected a list of choices, got {type(value).__name__}")
+    by_lower = {str(c).lower(): c for c in control.choices}
+    unknown = [v for v in value if str(v).strip().lower() not in by_lower]
+    if unknown:
+        raise ValueError(f"{control.name}: {', '.join(map(repr, unknown))} not among "
+                         f"{', '.join(map(str, control.choices))}")
+    wanted = {str(v).strip().lower() for v in value}
+    return [c for c in control.choices if str(c).lower() in wanted]
 
 
 def named_args(script: Script, kind: str, args: dict | list | tuple | None) -> dict:

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
+from .a1111_options import DEFAULTS as A1111_DEFAULTS
+from .a1111_options import check_value
 from .output_folders import FOLDER_SETTINGS, check_folder
 
 log = logging.getLogger(__name__)
@@ -235,6 +237,16 @@ class SettingsStore:
             self.current = self.checked(values)
             self._save()
             return self.current
+
+    def store_unimplemented(self, values: dict) -> list[str]:
+        """Keep options that this project does not implement in config.json: A1111's (:mod:`modules.a1111_options`,
+        each checked against the type of A1111's default: ValueError naming the key, nothing saved) or names already
+        kept there; returns their names. A client that writes them reads them back; they change nothing here."""
+        checked = {key: check_value(key, value) if key in A1111_DEFAULTS else value for key, value in values.items()}
+        with self._lock:
+            self.extra.update(checked)
+            self._save()
+        return sorted(checked)
 
     def reset(self) -> Settings:
         with self._lock:

@@ -111,7 +111,9 @@ def test_good_extensions_load_in_order_and_broken_ones_are_skipped_with_a_reason
     for name, reason in expected.items():
         assert not items[name].loaded
         assert any(reason in error for error in items[name].errors), items[name].errors
-    assert {s.title for s in state.extensions.scripts} == {"Hires fix", "X/Y/Z plot", "ControlNet", "SD upscale"}
+    assert {s.title for s in state.extensions.scripts} == {
+        "Hires fix", "X/Y/Z plot", "ControlNet", "SD upscale", "Soft Inpainting", "Prompt matrix",
+        "Prompts from file or textbox", "Loopback", "Outpainting mk2", "Poor man's outpainting"}
 
 
 def test_a1111_extensions_are_named_as_such_and_none_of_their_code_runs(state):
@@ -216,9 +218,11 @@ def test_disabling_is_persisted_and_honoured_at_the_next_start(state, tmp_path):
 
 
 def test_script_selection_errors_name_the_field(state):
-    assert [s.title for s in scripts_for(state, "img2img")] == ["ControlNet", "SD upscale", "X/Y/Z plot"]  # no hires fix
-    with pytest.raises(ValueError, match="^script_name: unknown script 'Loopback'"):
-        run_generation(state, _params(), script_name="Loopback")
+    assert sorted(s.title for s in scripts_for(state, "img2img")) == [  # no hires fix
+        "ControlNet", "Loopback", "Outpainting mk2", "Poor man's outpainting", "Prompt matrix",
+        "Prompts from file or textbox", "SD upscale", "Soft Inpainting", "X/Y/Z plot"]
+    with pytest.raises(ValueError, match="^script_name: unknown script 'Img2img alternative test'"):
+        run_generation(state, _params(), script_name="Img2img alternative test")
     with pytest.raises(ValueError, match="^alwayson_scripts: unknown script"):
         run_generation(state, _params(), alwayson={"ADetailer": {"args": []}})
     with pytest.raises(ValueError, match="positional"):

@@ -114,7 +114,7 @@ def test_flags_before_the_command_are_ours_words_after_it_are_its_own():
 @pytest.mark.parametrize("argv, ours, theirs", [
     (["test", "-q", "-x", "--co"], [], ["-q", "-x", "--co"]),  # --co: --controlnet-dir or --cors-allow-origins
     (["--data-dir", "test", "test", "--data-dir", "x"], ["--data-dir", "test"], ["--data-dir", "x"]),
-    (["--device=cpu", "--sk", "test", "--ckpt", "--help"], ["--device=cpu", "--sk"], ["--ckpt", "--help"]),
+    (["--device=cpu", "--skip-i", "test", "--ckpt", "--help"], ["--device=cpu", "--skip-i"], ["--ckpt", "--help"]),
     (["--medvram", "--", "test", "--", "-k"], ["--medvram"], ["--", "-k"]),
 ])
 def test_words_after_the_command_are_never_read_as_our_flags(tmp_path, argv, ours, theirs):

@@ -1,19 +1,47 @@
-"""AUTOMATIC1111 habits in a real browser: Ctrl+Up/Down weight editing, Generate forever, and --theme."""
+"""AUTOMATIC1111 habits against one real server started with a user's A1111 COMMANDLINE_ARGS: in a real browser,
+Ctrl+Up/Down weight editing, Generate forever, --theme, the built-in scripts picked in the Script dropdown,
+img2img's Batch tab, the Refiner accordion and Tiling; over the API, A1111's options and
+``info.extra_generation_params``."""
 from __future__ import annotations
 
+import json
 import re
+import urllib.request
 
+import httpx
 import pytest
+from PIL import Image, ImageDraw
 
+from modules import a1111_options
+from modules.infotext import parse_infotext
 from tests.test_webui_browser import (  # noqa: F401 - browser, chromium_path and page are fixtures
-    browser, chromium_path, generate, page, prompt_value, set_number, shot, small_job)
+    browser,
+    choose,
+    chromium_path,
+    gallery_image,
+    generate,
+    open_panel,
+    page,
+    prompt_value,
+    set_number,
+    shot,
+    small_job,
+)
 from tests.webui_server import running_server
+
+A1111_ARGS = "--xformers --medvram-sdxl --theme dark --opt-sdp-attention"  # from a user's webui-user.sh
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    with running_server(tmp_path_factory.mktemp("habits"), extra=("--theme", "dark")) as s:
+    with running_server(tmp_path_factory.mktemp("habits"), extra=("--api",), commandline_args=A1111_ARGS) as s:
         yield s
+
+
+@pytest.fixture
+def http(server):
+    with httpx.Client(base_url=f"{server.url}/sdapi/v1", timeout=120) as client:
+        yield client
 
 
 def selection(page, elem_id: str) -> str:
@@ -182,3 +210,158 @@ def test_theme_flag_opens_dark_unless_the_url_says_light(page, server):
     page.reload()
     page.wait_for_selector("#txt2img_generate")
     assert not page_is_dark(page)
+
+
+def pick(page, kind: str, title: str, prefix: str) -> None:
+    """Choose the script ``title`` and wait until its controls (ids ``<prefix>_…``) show."""
+    choose(page, f"{kind}_script", title)
+    page.wait_for_selector(f"#{prefix}_controls", state="visible")
+
+
+def fill(page, elem_id: str, text: str) -> None:
+    page.fill(f"#{elem_id} textarea, #{elem_id} input[type=text]", text)
+
+
+def tick_only(page, elem_id: str, choice: str) -> None:
+    """In the checkbox group ``elem_id``, tick ``choice`` and untick the others."""
+    for label in page.locator(f"#{elem_id} label").all():
+        label.locator("input").set_checked(label.inner_text().strip() == choice)
+
+
+def test_each_builtin_script_runs_from_the_script_dropdown(page, tmp_path):
+    source = tmp_path / "circle.png"
+    image = Image.new("RGB", (64, 64), (30, 60, 200))
+    ImageDraw.Draw(image).ellipse((12, 12, 52, 52), fill=(220, 30, 30))
+    image.save(source)
+    page.fill("#txt2img_prompt textarea", "a circle|red")
+    small_job(page, steps=2)
+    pick(page, "txt2img", "Prompt matrix", "txt2img_script_prompt_matrix")
+    set_number(page, "txt2img_script_prompt_matrix_margin_size", 10)
+    assert "a circle\n" in generate(page)
+    grid = gallery_image(page)
+    assert grid.width == 2 * 64 + 10 and grid.height > 64  # two cells, the margin between, the labels above
+
+    pick(page, "txt2img", "Prompts from file or textbox", "txt2img_script_prompts_from_file_or_textbox")
+    fill(page, "txt2img_script_prompts_from_file_or_textbox_prompt_txt",
+         "--prompt \"a red square\" --seed 5\n--prompt \"a blue square\" --seed 6")
+    info = generate(page)
+    assert "a red square" in info and "Seed: 5," in info
+    fill(page, "txt2img_script_prompts_from_file_or_textbox_prompt_txt", "--prompt x --colour red")
+    assert "unknown option --colour" in generate(page)  # a clear message; the page goes on
+
+    page.get_by_role("tab", name="img2img").first.click()
+    page.set_input_files("#img2img_image input[type=file]", str(source))
+    page.wait_for_selector("#img2img_image img")
+    page.fill("#img2img_prompt textarea", "a circle")
+    small_job(page, "img2img", steps=2)
+    pick(page, "img2img", "Loopback", "img2img_script_loopback")
+    set_number(page, "img2img_script_loopback_loops", 2)
+    assert "Denoising curve: Linear" in generate(page, "img2img")
+    assert gallery_image(page, "img2img").size == (2 * 64, 64)  # the one-row grid of both loops
+
+    set_number(page, "img2img_width", 128)
+    pick(page, "img2img", "Outpainting mk2", "img2img_script_outpainting_mk2")
+    set_number(page, "img2img_script_outpainting_mk2_pixels", 64)
+    tick_only(page, "img2img_script_outpainting_mk2_direction", "right")
+    assert "Size: 128x64" in generate(page, "img2img")
+    assert gallery_image(page, "img2img").size == (128, 64)
+    shot(page, "outpainting-mk2")
+
+    pick(page, "img2img", "Poor man's outpainting", "img2img_script_poor_man_s_outpainting")
+    set_number(page, "img2img_script_poor_man_s_outpainting_pixels", 64)
+    tick_only(page, "img2img_script_poor_man_s_outpainting_direction", "left")
+    generate(page, "img2img")
+    assert gallery_image(page, "img2img").size == (128, 64)
+
+
+def test_batch_tab_runs_every_image_of_the_folder_and_saves_them_by_name(page, tmp_path):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    Image.new("RGB", (64, 64), (30, 60, 200)).save(folder / "first.png")
+    Image.new("RGB", (64, 64), (200, 60, 30)).save(folder / "second.png")
+    page.get_by_role("tab", name="img2img").first.click()
+    page.click("#img2img_batch_tab-button, button[role=tab]:has-text('Batch')")
+    page.fill("#img2img_batch_input_dir textarea, #img2img_batch_input_dir input", str(folder))
+    page.fill("#img2img_batch_output_dir textarea, #img2img_batch_output_dir input", str(out))
+    page.fill("#img2img_prompt textarea", "a red square")
+    small_job(page, "img2img", steps=2)
+    info = generate(page, "img2img")
+    assert f"2 of 2 images saved in {out}" in info, info
+    assert page.locator("#img2img_gallery .thumbnail-item img").count() == 2
+    shot(page, "img2img-batch")
+    assert sorted(p.name for p in out.iterdir()) == ["first.png", "second.png"]
+    for path in out.iterdir():
+        with Image.open(path) as image:
+            fields = parse_infotext(image.info["parameters"])
+        assert fields["Prompt"] == "a red square" and fields["Steps"] == "2" and fields["Size-1"] == "64"
+
+
+def test_refiner_and_tiling_are_sent_and_pasted_back(page):
+    page.fill("#txt2img_prompt textarea", "a tile")
+    small_job(page, steps=5)  # the refiner runs the steps from 0.8 · 5 on
+    page.click("#txt2img_tiling input")
+    open_panel(page, "txt2img_refiner_accordion")
+    choose(page, "txt2img_refiner_checkpoint", "tiny-beta.safetensors")
+    info = generate(page)
+    assert "Tiling: True" in info and "Refiner: tiny-beta [" in info and "Refiner switch at: 0.8" in info, info
+
+    choose(page, "txt2img_refiner_checkpoint", "None")
+    line = next(text for text in info.splitlines() if text.startswith("Steps: "))
+    page.fill("#txt2img_prompt textarea", f"pasted\n{line}")
+    page.click("#txt2img_read_params")
+    page.wait_for_function("() => document.querySelector('#txt2img_refiner_checkpoint input').value "
+                           "=== 'tiny-beta.safetensors'")
+    page.get_by_role("tab", name="img2img").first.click()
+    page.wait_for_selector("#img2img_refiner_accordion")
+    page.wait_for_selector("#img2img_tiling")
+
+
+def test_a_start_with_a1111_commandline_args_serves_the_page(server):
+    page = urllib.request.urlopen(server.url + "/", timeout=30).read().decode()
+    assert re.search(r'window\.sdTheme = \\*"dark\\*"', page)  # --theme acts (in Gradio's config, JSON-escaped)
+    log = server.log()
+    for flag in ("--xformers", "--medvram-sdxl", "--opt-sdp-attention"):
+        assert log.count(f"launch: {flag}: ") == 1, log
+    assert "launch: --theme" not in log
+
+
+def test_options_round_trip_of_an_unimplemented_a1111_key(server, http):
+    before = http.get("/options").json()
+    assert a1111_options.DEFAULTS.keys() <= before.keys()
+    assert before["send_seed"] is True and before["jpeg_quality"] == 80  # A1111's defaults
+    assert before["CLIP_stop_at_last_layers"] == 1 and before["randn_source"] == "CPU"  # ours win for our keys
+
+    answer = http.post("/options", json={"send_seed": False, "jpeg_quality": 95, "CLIP_stop_at_last_layers": 2})
+    assert answer.status_code == 200, answer.text
+    assert answer.json() == {"updated": ["CLIP_stop_at_last_layers"], "no_effect": ["jpeg_quality", "send_seed"]}
+    after = http.get("/options").json()
+    assert (after["send_seed"], after["jpeg_quality"], after["CLIP_stop_at_last_layers"]) == (False, 95, 2)
+    stored = json.loads((server.data_dir / "config.json").read_text(encoding="utf-8"))
+    assert stored["send_seed"] is False and stored["jpeg_quality"] == 95
+
+    wrong_type = http.post("/options", json={"send_seed": "no", "eta_ddim": 0.5})
+    assert wrong_type.status_code == 400 and "send_seed" in wrong_type.text
+    unknown = http.post("/options", json={"no_such_option": 1, "eta_ddim": 0.5})
+    assert unknown.status_code == 400 and "no_such_option" in unknown.text
+    unchanged = http.get("/options").json()  # a refused request changes nothing
+    assert unchanged["send_seed"] is False and unchanged["eta_ddim"] == 0.0
+    assert http.post("/options", json={"CLIP_stop_at_last_layers": 1}).status_code == 200
+
+
+def test_extra_generation_params_lists_the_hires_fields_and_save_txt_writes_the_infotext(server, http):
+    small = {"prompt": "a red circle", "width": 64, "height": 64, "steps": 2, "sampler_name": "Euler", "seed": 3}
+    plain = json.loads(http.post("/txt2img", json=small).json()["info"])
+    assert plain["extra_generation_params"] == {}
+    assert not list(server.data_dir.glob("outputs/txt2img-images/*/*.txt"))  # save_txt is off by default
+    response = http.post("/txt2img", json={**small, "enable_hr": True, "hr_scale": 1.5, "hr_upscaler": "Latent",
+                                           "hr_second_pass_steps": 2, "denoising_strength": 0.6,
+                                           "save_images": True, "override_settings": {"save_txt": True}})
+    assert response.status_code == 200, response.text
+    info = json.loads(response.json()["info"])
+    extra = info["extra_generation_params"]
+    assert extra["Hires upscale"] == 1.5 and extra["Hires upscaler"] == "Latent" and extra["Hires steps"] == 2
+    assert extra["Denoising strength"] == 0.6
+    assert not {"Steps", "Seed", "Size", "Model", "Version"} & extra.keys()
+    texts = list(server.data_dir.glob("outputs/txt2img-images/*/*-3.txt"))
+    assert len(texts) == 1 and texts[0].with_suffix(".png").is_file()
+    assert texts[0].read_text(encoding="utf-8") == info["infotexts"][0]

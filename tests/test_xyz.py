@@ -11,7 +11,7 @@ from modules.cmd_args import REPO_ROOT
 from modules.extensions import load_extensions
 from modules.infotext import parse_infotext
 from modules.processing.params import Txt2ImgParams
-from modules.scripts import find_script, run_generation
+from modules.scripts import find_script, named_args, run_generation
 from tests.engine_fixtures import make_state
 
 CELL = 64
@@ -108,3 +108,32 @@ def test_prompt_search_replace_and_hires_axis_reach_the_jobs(state):
     assert [f["Prompt"] for f in fields] == ["a red circle", "a blue circle"]
     assert all(f["Hires steps"] == "1" for f in fields)
     assert all(cell.size == (96, 96) for cell in result.images[1:])
+
+
+def test_a1111_axis_names_in_any_case_and_its_other_axes(state, xyz):
+    state.styles_path.write_text('name,prompt,negative_prompt\nbright,"{prompt}, bright colors",\n'
+                                 'flat,"{prompt}, flat",dull\n', encoding="utf-8")
+    args = {"x_type": "CFG Scale", "x_values": "5.5", "y_type": "prompt ORDER", "y_values": "red, circle",
+            "z_type": "Styles", "z_values": '"bright, flat"'}  # A1111's spelling; one cell with both styles
+    result = run_generation(state, _params(), script_name="X/Y/Z plot", script_args=args)
+    fields = [parse_infotext(text) for text in result.infotexts[1:]]
+    assert [(f["Prompt"], f["CFG scale"]) for f in fields] == [("a red circle, bright colors, flat", "5.5"),
+                                                               ("a circle red, bright colors, flat", "5.5")]
+    assert fields[0]["Negative prompt"] == "dull"
+
+    plot = find_script(state, "txt2img", "X/Y/Z plot")
+    planned = plot.planned_jobs(state, _params(), named_args(plot, "txt2img", {
+        "x_type": "Var. seed", "x_values": "11, 12", "y_type": "var. strength", "y_values": "0.5",
+        "z_type": "Eta", "z_values": "0.25"}), {})
+    assert [(p.subseed, p.subseed_strength, p.eta) for p, _ in planned] == [(11, 0.5, 0.25), (12, 0.5, 0.25)]
+    planned = plot.planned_jobs(state, _params(), named_args(plot, "txt2img", {
+        "x_type": "Refiner checkpoint", "x_values": "None, beta", "y_type": "Refiner switch at", "y_values": "0.8"}),
+        {})
+    assert [(p.refiner_checkpoint, p.refiner_switch_at) for p, _ in planned] == [
+        (None, 0.8), (state.models.catalog.title(state.models.catalog.find("beta")), 0.8)]  # "beta.safetensors …"
+    assert xyz.axis_values(xyz.axes_for(state, "txt2img")[0], "") == [None]
+    for bad, message in ((("Styles", "nonexistent"), "unknown style"), (("Prompt order", "red, square"),
+                                                                       "'square' is not in the prompt")):
+        with pytest.raises(ValueError, match=message):
+            plot.planned_jobs(state, _params(), named_args(plot, "txt2img", {"x_type": bad[0], "x_values": bad[1]}),
+                              {})

@@ -106,17 +106,18 @@ def launch_args(root: Path, dirs: dict[str, Path], port: int, extra: tuple[str, 
 
 
 @contextmanager
-def running_server(root: Path, extra: tuple[str, ...] = (), timeout: float = 120, data_files: dict | None = None):
+def running_server(root: Path, extra: tuple[str, ...] = (), timeout: float = 120, data_files: dict | None = None,
+                   commandline_args: str = ""):
     """Start the server process, wait for HTTP on "/", yield it, stop it. ``data_files`` (name -> text) are written
-    into the data folder first (e.g. ui-config.json)."""
+    into the data folder first (e.g. ui-config.json); ``commandline_args`` is the COMMANDLINE_ARGS it sees."""
     dirs = write_models(root)
     for name, text in (data_files or {}).items():
         (dirs["data"] / name).parent.mkdir(parents=True, exist_ok=True)
         (dirs["data"] / name).write_text(text, encoding="utf-8")
     port = free_port()
     log_path = root / f"server-{port}.log"
-    env = {**os.environ, "COMMANDLINE_ARGS": "", "GRADIO_ANALYTICS_ENABLED": "False", "OMP_NUM_THREADS": "1",
-           "NO_PROXY": "127.0.0.1,localhost"}
+    env = {**os.environ, "COMMANDLINE_ARGS": commandline_args, "GRADIO_ANALYTICS_ENABLED": "False",
+           "OMP_NUM_THREADS": "1", "NO_PROXY": "127.0.0.1,localhost"}
     with open(log_path, "wb") as log:
         process = subprocess.Popen(launch_args(root, dirs, port, extra), cwd=REPO, stdout=log,
                                    stderr=subprocess.STDOUT, env=env)

@@ -14,12 +14,12 @@ from modules import requester
 from modules.image_io import save_image
 from modules.output_folders import OutputFolderError, make_folder
 from modules.processing.outputs import zip_images
-from modules.processing.params import MAX_BATCH_SIZE, MAX_SIZE, MAX_STEPS, MIN_SIZE
+from modules.processing.params import MAX_BATCH_SIZE, MAX_SIZE, MAX_STEPS, MIN_SIZE, REFINER_SWITCH_AT
 from modules.processing.saving import is_unsaved_warning, refusal
 from modules.prompts.network_tags import extract_network_tags
 from modules.prompts.styles import PromptStyle, apply_styles, load_styles, save_style
 from modules.sampling.registry import sampler_names, schedule_labels
-from webui import extra_networks, img2img_inputs, script_controls
+from webui import extra_networks, img2img_batch, img2img_inputs, script_controls
 from webui.context import UiContext
 from webui.icons import icon_button
 from webui.notices import user_error, user_warning
@@ -27,6 +27,7 @@ from webui.params_fields import (
     INPAINT_AREAS,
     MASK_MODES,
     MASKED_CONTENT,
+    NO_REFINER,
     RESIZE_MODES,
     build_params,
     looks_like_infotext,
@@ -51,6 +52,7 @@ class GenerationTab:
     generate: object = None
     interrupt: object = None
     skip: object = None
+    checkpoints: object = None  # the checkpoint catalog: a pasted "Refiner: name [hash]" becomes its dropdown entry
 
 
 def _token_counter(ctx: UiContext, text: str) -> str:
@@ -174,6 +176,21 @@ def _sampling_controls(ctx: UiContext, tab: GenerationTab, size: tuple[int, int]
                show_progress="hidden")
     f["cfg_scale"] = gr.Slider(1, 30, 7, step=0.5, label="CFG Scale",
                                elem_id=ctx.tip(f"{kind}_cfg_scale", "How strongly the image follows the prompt"))
+
+
+def _refiner_controls(ctx: UiContext, tab: GenerationTab):
+    """The Tiling checkbox and A1111's Refiner accordion: a checkpoint that runs the steps after "Switch at"."""
+    kind, f = tab.kind, tab.fields
+    f["tiling"] = gr.Checkbox(False, label="Tiling", elem_id=ctx.tip(
+        f"{kind}_tiling", "Make a seamless texture: the image's edges continue each other"))
+    choices = [NO_REFINER, *(info.filename for info in ctx.state.checkpoints.items())]
+    with gr.Accordion("Refiner", open=False, elem_id=f"{kind}_refiner_accordion"), gr.Row():
+        f["refiner_checkpoint"] = gr.Dropdown(choices, value=NO_REFINER, label="Checkpoint", allow_custom_value=True,
+                                              elem_id=ctx.tip(f"{kind}_refiner_checkpoint", "The checkpoint that "
+                                                              "finishes the image (e.g. an SDXL refiner)"))
+        f["refiner_switch_at"] = gr.Slider(0.01, 0.99, REFINER_SWITCH_AT, step=0.01, label="Switch at",
+                                           elem_id=ctx.tip(f"{kind}_refiner_switch_at", "The fraction of the steps "
+                                                           "after which the refiner takes over"))
 
 
 def _img2img_controls(ctx: UiContext, tab: GenerationTab):
@@ -390,7 +407,7 @@ def build_generation_tab(ctx: UiContext, kind: str, size: tuple[int, int]) -> Ge
     """Lay out one generation tab as A1111 does (prompts and actions on top; controls left, results right) and wire
     its events; ``size``: the checkpoint's native one, the size fields' default. Returns the tab's components for
     cross-tab wiring."""
-    tab = GenerationTab(kind)
+    tab = GenerationTab(kind, checkpoints=ctx.state.checkpoints)
     with gr.Row(elem_classes="sd-prompt-row"):
         with gr.Column(scale=8):
             tab.prompt = _prompt_box(ctx, kind, "prompt", "Prompt", "What to draw; (word:1.2) for emphasis, "
@@ -409,6 +426,7 @@ def build_generation_tab(ctx: UiContext, kind: str, size: tuple[int, int]) -> Ge
                 _img2img_controls(ctx, tab)
                 tab.inputs.wire_mode(tab.inpaint_group)
             _seed_controls(ctx, tab)
+            _refiner_controls(ctx, tab)
             tab.fields["override_settings"] = gr.Dropdown(
                 [], value=[], multiselect=True, label="Override settings", visible=False,
                 elem_id=ctx.tip(f"{kind}_override_settings", "Settings named in pasted generation parameters, used "
@@ -424,6 +442,9 @@ def build_generation_tab(ctx: UiContext, kind: str, size: tuple[int, int]) -> Ge
     outputs = [tab.gallery, tab.info, tab.progress, tab.preview]
 
     def generate_images(data: dict, request: gr.Request):
+        if tab.inputs is not None and tab.inputs.is_batch(data):
+            yield from img2img_batch.run(ctx, tab, data, request, script_ui)
+            return
         yield from _run(ctx, tab, data, request, script_ui)
 
     tab.generate.click(generate_images, inputs, outputs, concurrency_limit=None, show_progress="hidden")
@@ -455,6 +476,10 @@ def build_generation_tab(ctx: UiContext, kind: str, size: tuple[int, int]) -> Ge
 
 def fill_updates(tab: GenerationTab, values: dict) -> list:
     """One update per field of ``tab`` (in ``tab.fields`` order): the new value where ``values`` has one."""
+    values = dict(values)
+    if values.get("refiner_checkpoint") not in (None, NO_REFINER):  # "name [hash]" → the dropdown's entry
+        info = tab.checkpoints.find(str(values["refiner_checkpoint"])) if tab.checkpoints is not None else None
+        values["refiner_checkpoint"] = info.filename if info is not None else values["refiner_checkpoint"]
     return [_field_update(name, values[name]) if name in values else gr.skip() for name in tab.fields]
 
 

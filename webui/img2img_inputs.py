@@ -1,4 +1,5 @@
-"""img2img's input sub-tabs (img2img, sketch, inpaint, inpaint sketch, inpaint upload) and the image/mask they give."""
+"""img2img's input sub-tabs (img2img, sketch, inpaint, inpaint sketch, inpaint upload, batch) and the image/mask
+they give; the Batch sub-tab's folders are run by :mod:`webui.img2img_batch`."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,10 +8,12 @@ import gradio as gr
 import numpy as np
 from PIL import Image
 
+from webui import img2img_batch
 from webui.context import UiContext
 
-MODES = ("img2img", "sketch", "inpaint", "inpaint sketch", "inpaint upload")
-INPAINT_MODES = frozenset(MODES[2:])
+MODES = ("img2img", "sketch", "inpaint", "inpaint sketch", "inpaint upload", "batch")
+INPAINT_MODES = frozenset(MODES[2:5])
+BATCH = "batch"
 
 
 def layers_mask(editor_value: dict | None) -> Image.Image | None:
@@ -51,6 +54,7 @@ class Img2ImgInputs:
     inpaint_sketch: object
     upload_image: object
     upload_mask: object
+    batch: img2img_batch.BatchInputs
     resize_by: object = None
     use_scale: object = None
     tabs: dict = field(default_factory=dict)
@@ -59,7 +63,11 @@ class Img2ImgInputs:
     @property
     def components(self) -> set:
         return {self.mode, self.image, self.sketch, self.inpaint, self.inpaint_sketch, self.upload_image,
-                self.upload_mask, self.resize_by, self.use_scale}
+                self.upload_mask, self.resize_by, self.use_scale, *self.batch.components}
+
+    def is_batch(self, data: dict) -> bool:
+        """Whether the Batch sub-tab is selected (Generate runs the folder, not :meth:`job_inputs`)."""
+        return data[self.mode] == BATCH
 
     def job_inputs(self, data: dict, max_pixels: int) -> dict:
         """``init_images``, ``mask`` (and the size for Resize by) for the selected sub-tab; ValueError if missing or
@@ -94,10 +102,11 @@ class Img2ImgInputs:
         return out
 
     def wire_mode(self, inpaint_group) -> None:
-        """Selecting a sub-tab sets the mode and shows the inpaint controls for the inpaint modes."""
+        """Selecting a sub-tab sets the mode and shows the inpaint controls for the inpaint modes and Batch (whose
+        mask folder makes it an inpaint batch)."""
         for mode, tab in self.tabs.items():
-            tab.select(lambda m=mode: (m, gr.update(visible=m in INPAINT_MODES)), None, [self.mode, inpaint_group],
-                       queue=False, show_progress="hidden")
+            tab.select(lambda m=mode: (m, gr.update(visible=m in INPAINT_MODES or m == BATCH)), None,
+                       [self.mode, inpaint_group], queue=False, show_progress="hidden")
 
 
 def build(ctx: UiContext) -> Img2ImgInputs:
@@ -129,5 +138,7 @@ def build(ctx: UiContext) -> Img2ImgInputs:
                 mask = gr.Image(label="Mask", type="pil", height=300, sources=["upload", "clipboard"],
                                 elem_id=ctx.tip("img2img_upload_mask", "White = repaint, black = keep"),
                                 format="png", image_mode="L")
-    return Img2ImgInputs(mode, image, sketch, inpaint, inpaint_sketch, upload_image, mask, tabs=tabs,
+        with gr.Tab("Batch", id=BATCH, elem_id="img2img_batch_tab") as tabs[BATCH]:
+            batch = img2img_batch.build(ctx)
+    return Img2ImgInputs(mode, image, sketch, inpaint, inpaint_sketch, upload_image, mask, batch, tabs=tabs,
                          tabs_component=tabs_component)

@@ -10,6 +10,7 @@ RESIZE_MODES = ("Just resize", "Crop and resize", "Resize and fill", "Just resiz
 MASK_MODES = ("Inpaint masked", "Inpaint not masked")
 MASKED_CONTENT = ("fill", "original", "latent noise", "latent nothing")
 INPAINT_AREAS = ("Whole picture", "Only masked")
+NO_REFINER = "None"  # the Refiner checkpoint dropdown's first entry
 
 # Radio fields: the UI shows labels, the params hold numbers (or a bool for the inpaint area).
 CHOICE_FIELDS = {
@@ -65,6 +66,7 @@ def fields_from_infotext(text: str) -> dict:
     params = infotext_to_params(parsed)
     params.setdefault("prompt", parsed.get("Prompt", ""))
     params.setdefault("negative_prompt", parsed.get("Negative prompt", ""))
+    params.setdefault("refiner_checkpoint", NO_REFINER)  # as A1111: parameters without a refiner turn it off
     return {name: to_ui(name, value) for name, value in params.items()}
 
 

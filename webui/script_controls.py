@@ -32,7 +32,8 @@ class ScriptUi:
 
 
 def component_for(control, elem_id: str):
-    """A Gradio input for one Control (checkbox, slider, number, text, dropdown, radio, image, or an info line)."""
+    """A Gradio input for one Control (checkbox, slider, number, text, textarea, dropdown, radio, checkboxes,
+    image, or an info line)."""
     common = dict(label=control.label, elem_id=elem_id)
     if control.kind == "checkbox":
         return gr.Checkbox(bool(control.default), **common)
@@ -47,6 +48,10 @@ def component_for(control, elem_id: str):
         return gr.Dropdown(list(control.choices), value=control.default, **common)
     if control.kind == "radio":
         return gr.Radio(list(control.choices), value=control.default, **common)
+    if control.kind == "checkboxes":
+        return gr.CheckboxGroup(list(control.choices), value=list(control.default or ()), **common)
+    if control.kind == "textarea":
+        return gr.Textbox(control.default or "", lines=4, max_lines=20, **common)
     if control.kind == "image":
         return gr.Image(type="pil", format="png", **common)
     if control.kind == "info":  # its value (the text) is passed like any argument; scripts ignore it

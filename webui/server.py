@@ -121,7 +121,7 @@ def serve(state, startup_job=None, on_started=None, restarter=None) -> int:
     config = uvicorn.Config(app, host=server.host, port=server.port, log_level="warning",
                             ssl_keyfile=str(server.tls_keyfile) if server.tls_keyfile else None,
                             ssl_certfile=str(server.tls_certfile) if server.tls_certfile else None,
-                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S)
+                            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S, timeout_keep_alive=server.timeout_keep_alive)
     httpd = uvicorn.Server(config)
     if restarter is not None:
         def stop_for_restart():

@@ -44,6 +44,10 @@ class GenerationRequest(BaseModel):
                                        description="NGMS: skip the negative prompt on every other step below this "
                                                    "sigma; empty: the s_min_uncond setting")
     denoising_strength: float | None = Field(None, ge=0, le=1)
+    refiner_checkpoint: str | None = Field(None, description='a checkpoint from /sd-models that runs the last steps; '
+                                                             'empty or "None": no refiner')
+    refiner_switch_at: float | None = Field(None, gt=0, lt=1, description="the fraction of the steps after which the "
+                                                                          "refiner takes over; empty: 0.8")
     override_settings: dict[str, Any] | None = Field(None, description="settings for this request only")
     override_settings_restore_afterwards: bool = Field(True, description="accepted; overrides never outlive a job")
     script_name: str | None = Field(None, description="a selectable script from /scripts")

@@ -14,6 +14,7 @@ import inspect
 import io
 import json
 import logging
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -23,8 +24,8 @@ from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 
+from modules import a1111_options, scripts
 from modules import infotext as infotext_mod
-from modules import scripts
 from modules.app_state import default_checkpoint
 from modules.image_io import PNG_INFOTEXT_KEY, read_infotext
 from modules.models.safetensors_file import ModelFileError
@@ -45,7 +46,7 @@ HIRES_TITLE = "Hires fix"
 # engine ParamError fields answered with 400 (a choice among names, unusable text, a cost refused), not 422 (a
 # number outside the range the request schema states)
 _BAD_REQUEST_FIELDS = {"sampler_name", "scheduler", "sd_model_checkpoint", "override_settings", "styles", "prompt",
-                       "negative_prompt", "seed_resize_from_w", "seed_resize_from_h"}
+                       "negative_prompt", "seed_resize_from_w", "seed_resize_from_h", "refiner_checkpoint"}
 _SECRET_FLAGS = {"api_auth", "gradio_auth"}
 
 
@@ -289,6 +290,7 @@ def to_params(state, req: m.GenerationRequest) -> GenerationParams:
         override_settings_restore_afterwards=req.override_settings_restore_afterwards,
         do_not_save_samples=req.do_not_save_samples or not req.save_images,
         do_not_save_grid=req.do_not_save_grid or not req.save_images, eta=req.eta, s_min_uncond=req.s_min_uncond,
+        refiner_checkpoint=req.refiner_checkpoint, refiner_switch_at=req.refiner_switch_at,
     )
     if isinstance(req, m.Img2ImgRequest):
         if not req.init_images:
@@ -303,6 +305,8 @@ def to_params(state, req: m.GenerationRequest) -> GenerationParams:
             inpaint_full_res_padding=req.inpaint_full_res_padding, inpainting_mask_invert=req.inpainting_mask_invert)
     else:
         params = Txt2ImgParams(**common)
+    if params.refiner is not None and state.checkpoints.find(params.refiner) is None:
+        raise ApiError(400, "refiner_checkpoint", f"checkpoint not found: {params.refiner!r}")
     try:
         dataclasses.replace(params).validate()  # on a copy: the job's own validation reports the warnings
     except ParamError as e:
@@ -343,7 +347,32 @@ def generate(state, req: m.GenerationRequest) -> dict:
     echoed = req.model_dump()
     if isinstance(req, m.Img2ImgRequest) and not req.include_init_images:
         echoed["init_images"], echoed["mask"] = None, None
-    return {"images": images, "parameters": echoed, "info": json.dumps(result.info, default=str)}
+    info = {**result.info, "extra_generation_params": extra_generation_params(result.infotexts[0])} \
+        if result.infotexts else result.info
+    return {"images": images, "parameters": echoed, "info": json.dumps(info, default=str)}
+
+
+# Infotext keys A1111 writes from its own fields; the rest come from its ``extra_generation_params`` (hires fix,
+# scripts, networks, …). "Denoising strength" is written among the first keys but kept in the extra ones.
+_BASE_INFOTEXT_KEYS = frozenset(infotext_mod.LEADING_KEYS + infotext_mod.TRAILING_KEYS) - {"Denoising strength"}
+_NUMBER = re.compile(r"-?\d+(\.\d*)?([eE][-+]?\d+)?")
+
+
+def extra_generation_params(infotext: str) -> dict:
+    """A1111's ``info.extra_generation_params`` from an image's infotext: the parameter line's fields beyond the
+    base ones, in their order, numbers as numbers."""
+    line = infotext.strip().rsplit("\n", 1)[-1]
+    pairs = infotext_mod.parse_parameter_line(line)
+    if len(pairs) < 3:
+        return {}
+
+    def value(text: str):
+        if not _NUMBER.fullmatch(text):
+            return text
+        number = float(text)
+        return int(number) if number.is_integer() and "." not in text and "e" not in text.lower() else number
+
+    return {key: value(text) for key, text in pairs if key not in _BASE_INFOTEXT_KEYS}
 
 
 # --- extras ------------------------------------------------------------------------------------------------------
@@ -446,7 +475,9 @@ def progress_of(state, cache: _PreviewCache, skip_current_image: bool) -> dict:
 # --- options -----------------------------------------------------------------------------------------------------
 
 def current_options(state) -> dict:
-    options = {**state.settings.extra, **state.settings.current.to_dict()}
+    """Every A1111 1.10 option with A1111's default, overlaid by what config.json keeps (A1111 options clients
+    stored, extensions' settings) and the live values of the settings this project implements."""
+    options = {**a1111_options.DEFAULTS, **state.settings.extra, **state.settings.current.to_dict()}
     info = state.models.current_info
     if info is not None:
         options["sd_model_checkpoint"] = state.checkpoints.title(info)
@@ -456,12 +487,26 @@ def current_options(state) -> dict:
 
 
 def set_options(state, values: dict) -> dict:
-    """Apply known settings (a model/VAE switch in the queue's turn); unknown names are reported as ignored."""
+    """Apply the settings this project implements (a model/VAE switch in the queue's turn) and extensions' settings;
+    keep A1111 options it does not implement in config.json, listed in the answer's ``no_effect``. A name that is
+    none of these (nor already in config.json) is refused with 400 naming it, and nothing is changed."""
     from modules.settings import Settings
 
     names = {f.name for f in dataclasses.fields(Settings)}
+    extensions = state.extensions
+    extension_names = {c.name for section in (extensions.settings_sections() if extensions is not None else [])
+                       for c in section.controls}
     known = {k: v for k, v in values.items() if k in names}
-    ignored = sorted(k for k in values if k not in names)
+    for_extensions = {k: v for k, v in values.items() if k in extension_names and k not in names}
+    stored = {k: v for k, v in values.items() if k not in names and k not in for_extensions}
+    unknown = sorted(k for k in stored if k not in a1111_options.DEFAULTS and k not in state.settings.extra)
+    if unknown:
+        raise ApiError(400, unknown[0], f"unknown setting {unknown[0]!r} (neither this project's nor A1111's)")
+    for key in sorted(stored.keys() & a1111_options.DEFAULTS.keys()):
+        try:
+            a1111_options.check_value(key, stored[key])
+        except ValueError as e:
+            raise ApiError(400, key, str(e)) from None
     try:
         state.settings.checked(known)
     except ValueError as e:
@@ -493,7 +538,14 @@ def set_options(state, values: dict) -> dict:
         raise ApiError(400, "sd_model_checkpoint" if info is not None else "sd_vae", str(e)) from None
     except ValueError as e:  # a folder refused by the store's own check (the stored values changed meanwhile)
         raise ApiError(400, "options", str(e)) from None
-    return {"updated": sorted(known), "ignored": ignored}
+    try:
+        if for_extensions:
+            extensions.set_options(for_extensions)
+        no_effect = state.settings.store_unimplemented(stored) if stored else []
+    except ValueError as e:
+        raise ApiError(400, "options", str(e)) from None
+    no_effect = [k for k in no_effect if k not in a1111_options.READ_HERE]
+    return {"updated": sorted([*known, *for_extensions]), "no_effect": no_effect}
 
 
 # --- listings ----------------------------------------------------------------------------------------------------

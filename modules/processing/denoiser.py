@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
-from ..hooks import AfterCfg, AfterUnet, HookPoint, JobHooks, UnetCall
+from ..hooks import AfterCfg, AfterUnet, HookPoint, JobHooks, MaskBlend, UnetCall
 from ..models.spec import Family
 from ..sampling import SamplingControl
 from ..sampling.discrete import DiscreteSchedule, c_in, denoised_from_output
@@ -25,12 +26,30 @@ from .interrupt import stop_checks
 REFINER_AESTHETIC = (6.0, 2.5)  # positive, negative aesthetic score ids of the SDXL refiner
 
 
+class ModelSwitch(Protocol):
+    """Told before every model call; may hand the denoiser another model (:meth:`CFGDenoiser.use_model`)."""
+
+    def before_call(self, denoiser: CFGDenoiser) -> None: ...
+
+
 @dataclass
 class InpaintBlend:
     """img2img with a mask: outside the mask (``keep`` = 1) the estimate is pinned to the original latents."""
 
     init_latent: torch.Tensor  # [B, 4, h, w] scaled latents
     keep: torch.Tensor  # [B or 1, 1, h, w], 1 = keep original
+    soft_keep: torch.Tensor | None = None  # ``keep`` before rounding (None: the same)
+
+    def mix(self, latent: torch.Tensor, sigma, step: int, total_steps: int, hooks: JobHooks, params,
+            final: bool = False) -> torch.Tensor:
+        """The original latents where ``keep`` is 1, ``latent`` where it is 0; MASK_BLEND hooks may replace the mix."""
+        keep = self.keep.to(latent)
+        soft = keep if self.soft_keep is None else self.soft_keep.to(latent)
+        event = MaskBlend(self.init_latent.to(latent), latent, keep, soft, sigma, step, total_steps, final, params)
+        hooks.run(HookPoint.MASK_BLEND, event)
+        if event.blended is not None:
+            return event.blended
+        return event.init_latent * keep + latent * (1 - keep)
 
 
 @dataclass(frozen=True)
@@ -50,23 +69,27 @@ class CFGDenoiser:
     def __init__(self, model, schedule: DiscreteSchedule, conds: list[ImageConds], cfg_scale: float, hooks: JobHooks,
                  params, total_steps: int, empty: Conditioning, image_cond: torch.Tensor | None = None,
                  blend: InpaintBlend | None = None, size: tuple[int, int] = (512, 512), offloader=None,
-                 uncond_skip: UncondSkip = UncondSkip(), control: SamplingControl | None = None):
-        self.model = model
+                 uncond_skip: UncondSkip = UncondSkip(), control: SamplingControl | None = None,
+                 switch: ModelSwitch | None = None):
         self.schedule = schedule
-        self.conds = conds
         self.cfg = float(cfg_scale)
         self.hooks = hooks
         self.params = params
         self.total_steps = total_steps
-        self.empty = empty
-        self.image_cond = image_cond
         self.blend = blend
         self.size = size  # (height, width) for SDXL time ids
         self.offloader = offloader
         self.uncond_skip = uncond_skip
         self.control = control  # the job's stop flags, checked inside the UNet call too (modules.processing.interrupt)
+        self.switch = switch
         self.step = 0
-        image_cfg = getattr(params, "image_cfg_scale", None)
+        self.use_model(model, conds, empty, image_cond)
+
+    def use_model(self, model, conds: list[ImageConds], empty: Conditioning, image_cond: torch.Tensor | None) -> None:
+        """Run the next calls with ``model`` and its own conditioning (a refiner taking over mid-run); the sampler's
+        state (the latents, a multistep sampler's history) carries on."""
+        self.model, self.conds, self.empty, self.image_cond = model, conds, empty, image_cond
+        image_cfg = getattr(self.params, "image_cfg_scale", None)
         edit = model.spec.variant == "pix2pix" and image_cond is not None and image_cfg not in (None, 1.0)
         self.image_cfg = float(image_cfg) if edit else None
         self.use_uncond = edit or not (self.cfg == 1.0 and all(c.plain for c in conds))
@@ -132,6 +155,8 @@ class CFGDenoiser:
         return out.float()
 
     def __call__(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        if self.switch is not None:
+            self.switch.before_call(self)
         skipped = self.use_uncond and self.uncond_skip.skips(float(sigma.max()), self.step)
         rows = self._rows(self.use_uncond and not skipped)
         conds = [r[2] for r in rows]
@@ -174,7 +199,6 @@ class CFGDenoiser:
         self.hooks.run(HookPoint.AFTER_CFG, cfg)
         denoised = cfg.denoised
         if self.blend is not None:
-            keep = self.blend.keep.to(denoised)
-            denoised = self.blend.init_latent.to(denoised) * keep + denoised * (1 - keep)
+            denoised = self.blend.mix(denoised, sigma, self.step, self.total_steps, self.hooks, self.params)
         return denoised
 

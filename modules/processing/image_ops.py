@@ -154,6 +154,17 @@ def paste_back(original: Image.Image, generated_crop: Image.Image, box: Box, mas
     return apply_overlay(original, canvas, mask)
 
 
+def uncrop_mask(mask: Image.Image, size: tuple[int, int], box: Box | None) -> Image.Image:
+    """A mask made for a work area, as a full-size mask ("L", ``size``): resized to ``box`` and placed there on
+    black ("Only masked"), or resized to the whole image when ``box`` is None (bilinear)."""
+    if box is None:
+        return _mask_at(mask, size)
+    x1, y1, x2, y2 = box
+    canvas = Image.new("L", size, 0)
+    canvas.paste(_mask_at(mask, (x2 - x1, y2 - y1)), (x1, y1))
+    return canvas
+
+
 def _fast_fft_length(n: int) -> int:
     """Smallest length >= n whose only prime factors are 2, 3 and 5 (fast for the FFT)."""
     while True:

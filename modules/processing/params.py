@@ -16,6 +16,7 @@ MAX_BATCH_SIZE = 64
 MAX_N_ITER = 1000
 MAX_PIXELS_PER_BATCH = 2048 * 2048 * 8
 MAX_PROMPT_CHARS = 20_000  # a prompt's text; longer ones cost minutes of tokenising for nothing a model can use
+REFINER_SWITCH_AT = 0.8  # A1111's default for "Switch at"
 MAX_NETWORK_MULTIPLIER = 100.0  # |weight| of a <lora:…> tag; beyond it the weights overflow to inf
 
 
@@ -54,6 +55,8 @@ class GenerationParams:
     do_not_save_grid: bool = False
     eta: float | None = None
     s_min_uncond: float | None = None  # NGMS; None: the s_min_uncond setting
+    refiner_checkpoint: str | None = None  # None, "" or "None": no refiner; else a checkpoint title or name
+    refiner_switch_at: float | None = None  # the fraction of the steps after which the refiner takes over
 
     kind = "txt2img"
 
@@ -93,9 +96,20 @@ class GenerationParams:
             raise ParamError("clip_skip", f"{self.clip_skip} is outside 1..12")
         if self.restore_faces:
             warnings.append("restore_faces is not available (no face restoration model ships offline); ignored")
-        if self.tiling:
-            warnings.append("tiling is not supported yet; ignored")
+        if self.refiner_switch_at is not None and not 0 < float(self.refiner_switch_at) < 1:
+            raise ParamError("refiner_switch_at", f"{self.refiner_switch_at} is outside 0..1 (both excluded)")
         return warnings
+
+    @property
+    def refiner(self) -> str | None:
+        """The refiner checkpoint asked for, or None when there is none."""
+        name = (self.refiner_checkpoint or "").strip()
+        return None if name in ("", "None") else name
+
+    @property
+    def switch_at(self) -> float:
+        """``refiner_switch_at``, or A1111's default."""
+        return float(self.refiner_switch_at if self.refiner_switch_at is not None else REFINER_SWITCH_AT)
 
 
 def _check_texts(params: GenerationParams) -> None:
@@ -150,3 +164,11 @@ class Img2ImgParams(GenerationParams):
         if not 0 <= int(self.mask_blur) <= 64:
             raise ParamError("mask_blur", f"{self.mask_blur} is outside 0..64")
         return warnings
+
+
+def steps_per_batch(params, settings) -> int:
+    """The sampling steps one batch of ``params`` runs: img2img runs the share its denoising strength keeps
+    (A1111's ``t_enc + 1``) unless the ``img2img_fix_steps`` setting is on."""
+    if isinstance(params, Img2ImgParams) and not settings.img2img_fix_steps:
+        return int(min(float(params.denoising_strength), 0.999) * int(params.steps)) + 1
+    return int(params.steps)

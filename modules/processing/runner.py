@@ -15,7 +15,17 @@ from pathlib import Path
 import torch
 
 from .. import infotext as infotext_mod
-from ..hooks import AfterDecode, BeforeSampling, BeforeSave, HookPoint, HookRegistry, InfotextFields, JobEnd, JobStart
+from ..hooks import (
+    AfterDecode,
+    BeforeSampling,
+    BeforeSave,
+    HookPoint,
+    HookRegistry,
+    InfotextFields,
+    InpaintComposite,
+    JobEnd,
+    JobStart,
+)
 from ..models.safetensors_file import ModelFileError
 from ..models.spec import Family
 from ..prompts import extract_network_tags
@@ -37,9 +47,11 @@ from .conditioning import build_conds
 from .denoiser import CFGDenoiser, InpaintBlend, UncondSkip
 from .finite import NonFiniteOutput, check_finite
 from .latent_preview import full_decode
-from .params import GenerationParams, Img2ImgParams, ParamError
+from .params import GenerationParams, Img2ImgParams, ParamError, steps_per_batch
 from .progress import JobProgress
+from .refiner import EncodingChoices, RefinerPlan, RefinerSwitch, plan_refiner
 from .saving import UnsavedImages
+from .tiling import CircularPadding
 
 log = logging.getLogger(__name__)
 VERSION = "sdwebui-0.1.0"
@@ -77,6 +89,11 @@ class _Job:
     result: JobResult
     extra_fields: dict
     unsaved: UnsavedImages = field(default_factory=UnsavedImages)
+    refiner: RefinerPlan | None = None
+    switch: RefinerSwitch | None = None  # the batch's refiner switch until the base model is back
+    padding: CircularPadding = field(default_factory=lambda: CircularPadding(False))  # tiling
+    tags: list = field(default_factory=list)  # the prompt's network tags, patched into the model
+    clip_skip: int = 1
 
 
 def run_job(state, params: GenerationParams, progress: JobProgress | None = None,
@@ -93,6 +110,7 @@ def run_job(state, params: GenerationParams, progress: JobProgress | None = None
     except ValueError as e:
         raise ParamError("sampler_name", str(e)) from None
     model = _select_model(state, settings)
+    refiner = plan_refiner(state, params)
     hooks = state.hooks.merged(extra_hooks).for_job(result.warnings)
 
     styles = load_styles(state.styles_path) if params.styles else {}
@@ -108,31 +126,36 @@ def run_job(state, params: GenerationParams, progress: JobProgress | None = None
     result.prompts, result.negative_prompts = [prompt] * count, [negative] * count
 
     clip_skip = int(params.clip_skip or settings.CLIP_stop_at_last_layers)
-    net_text, tags = extract_network_tags(prompt)
+    _, tags = extract_network_tags(prompt)
     extra_fields: dict = {}
     embeddings = state.networks.activate(model, tags, result.warnings, extra_fields) if state.networks else {}
     encoder = PromptEncoder(model, clip_skip, settings.emphasis, embeddings, offloader=state.models.offloader)
     schedule = DiscreteSchedule.from_params(ScheduleParams(
         prediction_type="v_prediction" if model.spec.prediction == "v" else "epsilon",
         family=FAMILY_SCHEDULE[model.family]))
-    job = _Job(params, settings, model, choice, schedule, encoder, hooks, progress, result, extra_fields)
-    steps_per_batch = _steps_per_batch(params, choice, settings)
-    progress.begin(steps_per_batch, params.n_iter)  # before JOB_START: its hooks may add a pass's steps
+    job = _Job(params, settings, model, choice, schedule, encoder, hooks, progress, result, extra_fields,
+               refiner=refiner, tags=tags, clip_skip=clip_skip, unsaved=UnsavedImages(settings.save_txt))
+    batch_steps = steps_per_batch(params, settings)
+    progress.begin(batch_steps, params.n_iter)  # before JOB_START: its hooks may add a pass's steps
     hooks.run(HookPoint.JOB_START, JobStart(params, settings, model))
 
     from tqdm import tqdm
 
-    bar = tqdm(total=steps_per_batch * params.n_iter, desc=params.kind, leave=False)
+    bar = tqdm(total=batch_steps * params.n_iter, desc=params.kind, leave=False)
     try:
-        with torch.inference_mode():
-            for it in range(params.n_iter):
-                if progress.control.interrupted:
-                    result.interrupted = True
-                    break
-                progress.control.skipped = False
-                progress.start_batch(it)
-                lo = it * params.batch_size
-                _run_batch(state, job, it, lo, lo + params.batch_size, bar)
+        with torch.inference_mode(), CircularPadding(params.tiling) as job.padding:
+            job.padding.cover(model)
+            try:
+                for it in range(params.n_iter):
+                    if progress.control.interrupted:
+                        result.interrupted = True
+                        break
+                    progress.control.skipped = False
+                    progress.start_batch(it)
+                    lo = it * params.batch_size
+                    _run_batch(state, job, it, lo, lo + params.batch_size, bar)
+            finally:
+                _back_to_base(state, job)  # also when a batch failed: the job ends with its own model
     finally:
         bar.close()
     result.interrupted = result.interrupted or progress.control.interrupted
@@ -151,8 +174,10 @@ def run_job(state, params: GenerationParams, progress: JobProgress | None = None
 
 
 def _select_model(state, settings):
-    """The job's model: the one its settings name (a request may override), loaded if needed."""
+    """The job's model: the one its settings name (a request may override), loaded if needed; "checkpoints to keep
+    in RAM" as the job's settings say (it decides whether a refiner or a hires checkpoint replaces the model)."""
     models = state.models
+    models.cache_size = max(1, int(settings.sd_checkpoints_limit))
     wanted = settings.sd_model_checkpoint
     try:
         if wanted and (models.current_info is None or models.catalog.find(wanted) != models.current_info):
@@ -167,11 +192,6 @@ def _select_model(state, settings):
         raise ParamError("sd_model_checkpoint", str(e)) from None
     return models.current
 
-
-def _steps_per_batch(params, choice, settings) -> int:
-    if isinstance(params, Img2ImgParams) and not settings.img2img_fix_steps:
-        return int(min(float(params.denoising_strength), 0.999) * params.steps) + 1
-    return params.steps
 
 
 def _noise(job: _Job, seeds, subseeds, shape, state) -> SeededNoise:
@@ -220,17 +240,20 @@ def _run_batch(state, job: _Job, iteration: int, lo: int, hi: int, bar) -> None:
             sigmas = full[-(p.steps + 1):]
         image_cond = init.image_cond
         if init.latent_mask is not None:
-            blend = InpaintBlend(init.latent, 1 - init.latent_mask)
+            blend = InpaintBlend(init.latent, 1 - init.latent_mask, 1 - init.soft_mask)
         x = init.latent + initial * sigmas[0] * job.settings.initial_noise_multiplier
     else:
         x = initial * sigmas[0]
         image_cond = _txt2img_image_cond(state, model, len(seeds), h8, w8)
 
     before = BeforeSampling(p, x, sigmas, seeds, iteration, model)
+    job.switch = switch = None if job.refiner is None else RefinerSwitch(state, job.refiner, EncodingChoices(
+        job.clip_skip, job.settings.emphasis, p.steps, result.prompts[lo:hi], result.negative_prompts[lo:hi]),
+        job.padding)
     job.hooks.run(HookPoint.BEFORE_SAMPLING, before)
     denoiser = CFGDenoiser(model, job.schedule, conds, p.cfg_scale, job.hooks, p, len(before.sigmas) - 1, empty,
                            image_cond, blend, (p.height, p.width), state.models.offloader, _uncond_skip(job),
-                           progress.control)
+                           progress.control, switch)
     every = max(1, job.settings.show_progress_every_n_steps)
 
     def callback(info) -> None:
@@ -248,10 +271,16 @@ def _run_batch(state, job: _Job, iteration: int, lo: int, hi: int, bar) -> None:
                                         noise_sampler=step_noise, control=progress.control,
                                         **({} if eta is None else {"eta": eta}))
     if blend is not None:
-        samples = init.latent * blend.keep + samples * (1 - blend.keep)
+        total = len(before.sigmas) - 1
+        samples = blend.mix(samples, torch.zeros(len(seeds)), total, total, job.hooks, p, final=True)
+        composite = InpaintComposite(list(init.masks), init.latent, samples, blend.soft_keep, init.boxes,
+                                     [o.size for o in init.originals], (p.width, p.height), p)
+        job.hooks.run(HookPoint.INPAINT_COMPOSITE, composite)
+        init.masks = composite.masks
     _check_finite(state, samples, "sampling")
     pixels = state.models.decode(samples)
     _check_finite(state, pixels, "decoding")
+    _back_to_base(state, job)
     images = image_ops.tensor_to_pils(pixels)
     if init is not None:
         images = [init.finish(img, i) for i, img in enumerate(images)]
@@ -259,6 +288,24 @@ def _run_batch(state, job: _Job, iteration: int, lo: int, hi: int, bar) -> None:
     job.hooks.run(HookPoint.AFTER_DECODE, decoded)
     for k, image in enumerate(decoded.images):
         _finish_image(state, job, lo + k, image)
+
+
+def _back_to_base(state, job: _Job) -> None:
+    """After a batch's refiner steps and decoding (with the refiner's VAE, as A1111 decodes with the model loaded
+    then): the base model is current again; reloaded from disk, it gets the prompt's LoRAs and a new prompt encoder
+    for the next batches."""
+    switch, job.switch = job.switch, None
+    if switch is None:
+        return
+    if switch.engaged:
+        job.extra_fields.update(job.refiner.infotext(state.models.catalog))
+    model = switch.restore()
+    if model is job.model:
+        return
+    embeddings = state.networks.activate(model, job.tags, [], {}) if state.networks else {}
+    job.model = model
+    job.encoder = PromptEncoder(model, job.clip_skip, job.settings.emphasis, embeddings,
+                                offloader=state.models.offloader)
 
 
 def _check_finite(state, values: torch.Tensor, stage: str) -> None:
@@ -309,6 +356,7 @@ def _encode(state, pixels: torch.Tensor) -> torch.Tensor:
 class _Img2ImgInit:
     latent: torch.Tensor  # [B, 4, h, w]
     latent_mask: torch.Tensor | None  # [B, 1, h, w], 1 = repaint
+    soft_mask: torch.Tensor | None  # the same before rounding to 0/1
     image_cond: torch.Tensor | None
     originals: list  # per image: the full-size original (for the overlay)
     masks: list  # per image: the blurred full-size mask (L) or None
@@ -328,7 +376,7 @@ class _Img2ImgInit:
 def _prepare_img2img(state, job: _Job, lo: int, hi: int, initial: torch.Tensor) -> _Img2ImgInit:
     p: Img2ImgParams = job.params
     w, h = p.width, p.height
-    latents, masks_latent, conds, originals, masks, boxes = [], [], [], [], [], []
+    latents, masks_latent, soft_masks, conds, originals, masks, boxes = [], [], [], [], [], [], []
     for i in range(lo, hi):
         source = p.init_images[i % len(p.init_images)].convert("RGB")
         mask = None
@@ -355,10 +403,12 @@ def _prepare_img2img(state, job: _Job, lo: int, hi: int, initial: torch.Tensor) 
         else:
             latent = _encode(state, image_ops.pil_to_tensor(work))
         lm = image_ops.mask_to_latent(work_mask, h // 8, w // 8) if work_mask is not None else None
+        soft_masks.append(image_ops.mask_to_latent(work_mask, h // 8, w // 8, binary=False) if lm is not None else None)
         if job.model.spec.variant == "inpaint":
             repaint = lm if lm is not None else torch.ones(1, 1, h // 8, w // 8)
             binary = image_ops.mask_to_latent(work_mask, h, w) if work_mask is not None else torch.ones(1, 1, h, w)
-            masked = image_ops.pil_to_tensor(work) * (1 - binary)
+            weight = float(job.settings.inpainting_mask_weight)  # 0: the whole source, 1: the source with a hole
+            masked = image_ops.pil_to_tensor(work) * (1 - binary * weight)
             conds.append(torch.cat([repaint, _encode(state, masked)], dim=1))
         elif job.model.spec.variant == "pix2pix":
             conds.append(latent / job.model.vae.config.scaling_factor)
@@ -372,7 +422,9 @@ def _prepare_img2img(state, job: _Job, lo: int, hi: int, initial: torch.Tensor) 
     if latent_mask is not None and p.inpainting_fill in (2, 3):
         fresh = initial if p.inpainting_fill == 2 else torch.zeros_like(latent)
         latent = latent * (1 - latent_mask) + fresh.to(latent) * latent_mask
-    return _Img2ImgInit(latent, latent_mask, torch.cat(conds) if conds else None, originals, masks, boxes, (h, w))
+    soft_mask = torch.cat(soft_masks) if latent_mask is not None else None
+    return _Img2ImgInit(latent, latent_mask, soft_mask, torch.cat(conds) if conds else None, originals, masks, boxes,
+                        (h, w))
 
 
 def _uses_ensd(job: _Job) -> bool:
@@ -403,9 +455,12 @@ def _infotext_params(job: _Job, index: int, clip_skip: int) -> dict:
         "Denoising strength": p.denoising_strength if isinstance(p, Img2ImgParams) else None,
         "Image CFG scale": p.image_cfg_scale if job.model.spec.variant == "pix2pix" and isinstance(p, Img2ImgParams)
         else None,
+        "Conditional mask weight": job.settings.inpainting_mask_weight
+        if job.model.spec.variant == "inpaint" and isinstance(p, Img2ImgParams) else None,
         "Clip skip": clip_skip if clip_skip > 1 else None,
         "ENSD": job.settings.eta_noise_seed_delta if _uses_ensd(job) else None,
         "RNG": job.settings.randn_source if job.settings.randn_source != "GPU" else None,
+        "Tiling": True if p.tiling else None,
     }
     eta, default = _eta(job), job.choice.sampler.eta_default
     if eta is not None and eta != default.unwritten:

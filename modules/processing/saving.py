@@ -45,9 +45,11 @@ def is_unsaved_warning(line: str) -> bool:
 
 
 class UnsavedImages:
-    """One job's saves: each image is saved, or counted by reason and folder when the disk refuses it."""
+    """One job's saves: each image is saved, or counted by reason and folder when the disk refuses it. With
+    ``save_txt`` (A1111's setting), an image saved with an infotext gets it in a ``.txt`` file of the same name."""
 
-    def __init__(self) -> None:
+    def __init__(self, save_txt: bool = False) -> None:
+        self.save_txt = save_txt
         self._refused: dict[tuple[str, Path], tuple[int, Exception]] = {}
 
     def save(self, image: Image.Image, folder: Path, reserve: Callable[[Path], Path], infotext: str | None,
@@ -63,11 +65,14 @@ class UnsavedImages:
                 make_folder(target)
             path = reserve(target)
             try:
-                return save_image(image, path, infotext=infotext, extra_text=extra_text)
+                saved = save_image(image, path, infotext=infotext, extra_text=extra_text)
             except BaseException:
                 with contextlib.suppress(OSError):
                     path.unlink()
                 raise
+            if self.save_txt and infotext:
+                saved.with_suffix(".txt").write_text(infotext, encoding="utf-8")
+            return saved
         except (OSError, ValueError) as e:
             reason = refusal(e)
             if reason is None:

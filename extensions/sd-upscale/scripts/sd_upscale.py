@@ -22,10 +22,9 @@ import torch
 from PIL import Image
 
 from modules.hooks import HookPoint
-from modules.processing import outputs
+from modules.processing import script_results
 from modules.processing.params import MAX_SIZE
 from modules.processing.runner import JobResult
-from modules.processing.saving import UnsavedImages
 from modules.sampling import resolve_seed
 from modules.sampling.schedules import img2img_sigmas
 from modules.scripts import Control, Script, run_generation
@@ -191,7 +190,7 @@ class SdUpscale(Script):
             return result
         tiles = [image.crop(box) for box in layout.boxes]
         fields = {"SD upscale overlap": args["overlap"], "SD upscale upscaler": args["upscaler"]}
-        unsaved, info = UnsavedImages(), {}
+        unsaved = script_results.unsaved_images(settings)
         for n in range(base.n_iter):
             seed, redrawn, first = base.seed + n, list(tiles), None
             for k, batch in enumerate(batches):
@@ -216,17 +215,12 @@ class SdUpscale(Script):
             if first is None:
                 break
             combined = blend(redrawn, layout)
-            info = info or first.info
-            self._keep(state, settings, base, result, first, combined, unsaved)
+            script_results.add_image(state, settings, base, result, first, 0, combined, unsaved)
             progress.images.append(combined)
         result.interrupted = progress.control.interrupted
         result.warnings.extend(unsaved.report())
         if result.images:
-            result.info = {**info, "seed": result.seeds[0], "all_seeds": result.seeds,
-                           "subseed": result.subseeds[0], "all_subseeds": result.subseeds,
-                           "all_prompts": result.prompts, "all_negative_prompts": result.negative_prompts,
-                           "infotexts": result.infotexts, "warnings": result.warnings,
-                           "interrupted": result.interrupted}
+            script_results.finish_info(result, seed=result.seeds[0], subseed=result.subseeds[0])
         progress.finish()
         return result
 
@@ -244,22 +238,6 @@ class SdUpscale(Script):
             image = self.upscalers.upscale(image, name, layout.image_size, tiling, on_tile)
         return _padded(image, layout.size)
 
-    @staticmethod
-    def _keep(state, settings, params, result: JobResult, first, image: Image.Image, unsaved: UnsavedImages) -> None:
-        """Add one upscaled image to the result (with its first tile's infotext and seed), saving it as a sample."""
-        infotext, seed = first.infotexts[0], first.seeds[0]
-        result.images.append(image)
-        result.infotexts.append(infotext)
-        result.seeds.append(seed)
-        result.subseeds.append(first.subseeds[0])
-        result.prompts.append(first.prompts[0])
-        result.negative_prompts.append(first.negative_prompts[0])
-        if settings.samples_save and not params.do_not_save_samples:
-            path = unsaved.save(image, settings.output_dir(params.kind, state.options.data_dir),
-                                lambda folder: outputs.next_image_path(folder, seed, settings.samples_format),
-                                infotext)
-            if path is not None:
-                result.paths.append(path)
 
 
 def register(api) -> None:

@@ -20,6 +20,7 @@ from PIL import Image
 from modules.processing import outputs
 from modules.processing.params import Img2ImgParams
 from modules.processing.runner import JobResult
+from modules.prompts.styles import load_styles
 from modules.sampling import resolve_seed
 from modules.sampling.registry import SAMPLERS, SCHEDULES, resolve
 from modules.scripts import Control, Script, XyzAxis, XyzCell, find_script, named_args, run_generation
@@ -89,31 +90,79 @@ def _prompt_sr(cell: XyzCell, value) -> None:
     cell.params.negative_prompt = cell.params.negative_prompt.replace(search, replacement)
 
 
+def _add_styles(cell: XyzCell, names: tuple[str, ...]) -> None:
+    cell.params.styles = [*cell.params.styles, *names]
+
+
+def _prompt_order(cell: XyzCell, terms: tuple[str, ...]) -> None:
+    """A1111's "Prompt order": the places of the terms in the prompt, taken in the prompt's order, get the terms
+    in the order of this permutation."""
+    prompt = cell.params.prompt
+    places = []
+    for term in terms:
+        at = prompt.find(term)
+        if at < 0:
+            raise ValueError(f"Prompt order: {term!r} is not in the prompt")
+        places.append((at, term))
+    pieces, end = [], 0
+    for (at, original), term in zip(sorted(places), terms):
+        pieces += [prompt[end:at], term]
+        end = at + len(original)
+    cell.params.prompt = "".join(pieces) + prompt[end:]
+
+
+def _permutations(text: str, max_values: int) -> list[tuple[str, ...]]:
+    """Every order of the listed terms (A1111's "Prompt order"); ValueError when they are more than ``max_values``."""
+    terms = split_values(text)
+    if math.factorial(len(terms)) > max_values:
+        raise ValueError(f"{len(terms)} terms give {math.factorial(len(terms))} orders; an axis takes at most "
+                         f"{max_values} (setting limit_images_per_request)")
+    return list(itertools.permutations(terms))
+
+
 def builtin_axes(state) -> list[XyzAxis]:
-    """The plot's own axes (checkpoint and VAE choices come from the state's catalogs)."""
+    """The plot's own axes (checkpoint, VAE and style choices come from the state's catalogs)."""
     def checkpoint(text: str) -> str:
         info = state.models.catalog.find(text)
         if info is None:
             raise ValueError(f"unknown checkpoint {text!r}")
         return state.models.catalog.title(info)
 
+    def refiner(text: str) -> str | None:
+        return None if text.strip().lower() == "none" else checkpoint(text)
+
     def vae(text: str) -> str:
         return _match(text, state.vaes.choices(), "VAE")
+
+    def styles(text: str) -> tuple[str, ...]:
+        """One cell's styles: one name, or several joined by commas inside quotes ("a, b"), as in A1111."""
+        known = load_styles(state.styles_path)
+        return tuple(_match(name, known, "style") for name in text.split(",") if name.strip())
+
+    def checkpoints(s) -> list[str]:
+        return [s.models.catalog.title(i) for i in s.models.catalog.items()]
 
     return [
         XyzAxis(NOTHING, str, lambda cell, value: None),
         XyzAxis("Seed", int, _set("seed"), numeric=True),
+        XyzAxis("Var. seed", int, _set("subseed"), numeric=True),
+        XyzAxis("Var. strength", float, _set("subseed_strength"), numeric=True),
         XyzAxis("Steps", int, _set("steps"), numeric=True),
         XyzAxis("CFG scale", float, _set("cfg_scale"), numeric=True),
         XyzAxis("Sampler", _sampler, _set("sampler_name"), choices=lambda s: [x.name for x in SAMPLERS]),
         XyzAxis("Schedule type", lambda t: _match(t, [x.label for x in SCHEDULES], "schedule type"), _set("scheduler"),
                 choices=lambda s: [x.label for x in SCHEDULES]),
-        XyzAxis("Checkpoint name", checkpoint, _override("sd_model_checkpoint"),
-                choices=lambda s: [s.models.catalog.title(i) for i in s.models.catalog.items()]),
+        XyzAxis("Checkpoint name", checkpoint, _override("sd_model_checkpoint"), choices=checkpoints),
         XyzAxis("VAE", vae, _override("sd_vae"), choices=lambda s: s.vaes.choices()),
         XyzAxis("Prompt S/R", str, _prompt_sr),
+        XyzAxis("Prompt order", str, _prompt_order),
+        XyzAxis("Styles", styles, _add_styles, choices=lambda s: list(load_styles(s.styles_path))),
         XyzAxis("Denoising", float, _set("denoising_strength"), ("img2img",), numeric=True),
+        XyzAxis("Eta", float, _set("eta"), numeric=True),
         XyzAxis("Clip skip", int, _set("clip_skip"), numeric=True),
+        XyzAxis("Refiner checkpoint", refiner, _set("refiner_checkpoint"),
+                choices=lambda s: ["None", *checkpoints(s)]),
+        XyzAxis("Refiner switch at", float, _set("refiner_switch_at"), numeric=True),
     ]
 
 
@@ -137,7 +186,9 @@ def axis_values(axis: XyzAxis, text: str, max_values: int = DEFAULT_MAX_VALUES) 
     the first pair the original."""
     if axis.label == NOTHING:
         return [None]
-    if axis.numeric:
+    if axis.label == "Prompt order":
+        values = _permutations(text, max_values)
+    elif axis.numeric:
         values = expand_numbers(text, axis.parse if axis.parse in (int, float) else float, max_values)
         values = [axis.parse(v) if axis.parse not in (int, float) else v for v in values]
     else:
@@ -155,6 +206,10 @@ def axis_values(axis: XyzAxis, text: str, max_values: int = DEFAULT_MAX_VALUES) 
 def _label(axis: XyzAxis, value) -> str:
     if axis.label == "Prompt S/R":
         return value[1]
+    if axis.label == "Prompt order":  # the terms alone, as A1111 labels it
+        return ", ".join(value)
+    if isinstance(value, tuple):  # Styles
+        value = ", ".join(value)
     if isinstance(value, float) and value.is_integer():
         value = int(value) if axis.parse is not float else value
     return f"{axis.label}: {value}"
@@ -269,7 +324,7 @@ class XyzPlot(Script):
         if settings.grid_save and settings.samples_save:
             from modules.processing.saving import UnsavedImages
 
-            unsaved = UnsavedImages()  # a full disk: the plot is still returned, with a warning
+            unsaved = UnsavedImages(settings.save_txt)  # a full disk: the plot is still returned, with a warning
             result.grid_path = unsaved.save(grid, settings.output_dir(f"{kind}-grids", state.options.data_dir),
                                             lambda dated: outputs.next_grid_path(dated, settings.grid_format),
                                             infotexts[0])
