@@ -40,7 +40,7 @@ class AppState:
 
     @property
     def styles_path(self) -> Path:
-        return self.options.data_dir / "styles.csv"
+        return self.options.styles_file or self.options.data_dir / "styles.csv"
 
 
 def create_state(options: LaunchOptions) -> AppState:

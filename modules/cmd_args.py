@@ -38,8 +38,7 @@ _A1111_NOOP = "has no effect (it does nothing in A1111 either)"
 _NO_MODEL = "has no effect here: that kind of model is not supported"
 _NO_FEATURE = "has no effect here: the feature it configures does not exist in this web UI"
 _DATA_FOLDER = "has no effect here: that file is kept in the data folder (--data-dir)"
-_PATHS = "has no effect here: give the folders with --ckpt-dir, --vae-dir, --lora-dir, --embeddings-dir, …"
-_EXTENSIONS = "has no effect here: turn extensions off in the Extensions tab"
+_EXTENSIONS = "has no effect here: turn extensions off in the Extensions tab, or all with --disable-all-extensions"
 
 # A1111 1.10's flags that this project accepts without acting on them (its modules/cmd_args.py, with the flags
 # its paths module and built-in extensions add).
@@ -59,7 +58,6 @@ COMPAT_FLAGS: tuple[CompatFlag, ...] = (
     CompatFlag("--do-not-download-clip", "has no effect here: nothing is ever downloaded"),
     CompatFlag("--no-download-sd-model", "has no effect here: nothing is ever downloaded (the demo model ships)"),
     CompatFlag("--config", "has no effect here: the model's architecture is read from its tensor shapes", "PATH"),
-    CompatFlag("--models-dir", _PATHS, "DIR"),
     CompatFlag("--gfpgan-dir", _NO_MODEL, "DIR"),
     CompatFlag("--gfpgan-model", _NO_MODEL, "NAME"),
     CompatFlag("--gfpgan-models-path", _NO_MODEL, "DIR"),
@@ -104,7 +102,6 @@ COMPAT_FLAGS: tuple[CompatFlag, ...] = (
     CompatFlag("--disable-model-loading-ram-optimization", "has no effect here: models load the same way always"),
     CompatFlag("--show-negative-prompt", _A1111_NOOP),
     CompatFlag("--ui-config-file", _DATA_FOLDER, "PATH"),
-    CompatFlag("--styles-file", _DATA_FOLDER, "PATH"),
     CompatFlag("--hide-ui-dir-config", "has no effect here: clients may only choose output folders inside the data "
                "folder or --allowed-output-roots"),
     CompatFlag("--freeze-settings", _NO_FEATURE),
@@ -133,7 +130,6 @@ COMPAT_FLAGS: tuple[CompatFlag, ...] = (
     CompatFlag("--no-hashing", "has no effect here: hashes are computed once and cached in the data folder"),
     CompatFlag("--add-stop-route", _A1111_NOOP),
     CompatFlag("--api-server-stop", _NO_FEATURE),
-    CompatFlag("--disable-all-extensions", _EXTENSIONS),
     CompatFlag("--disable-extra-extensions", _EXTENSIONS),
     CompatFlag("--skip-load-model-at-start", "has no effect here: the model loads in the background at start"),
     CompatFlag("--unix-filenames-sanitization", "has no effect here: file names are NNNNN-SEED, never the prompt"),
@@ -200,6 +196,8 @@ class LaunchOptions:
     allowed_output_roots: tuple[Path, ...] = ()  # folders besides data_dir that clients may name as output folders
     upscaler_dirs: tuple[tuple[str, Path], ...] = ()  # (A1111 folder kind, folder); missing kinds: beside ckpt_dir
     settings_file: Path | None = None  # --ui-settings-file; None: config.json in the data folder
+    styles_file: Path | None = None  # --styles-file; None: styles.csv in the data folder
+    disable_all_extensions: bool = False  # --disable-all-extensions: load none of extensions/
     compat_notes: tuple[str, ...] = ()  # one line per given A1111 flag that has no effect here (logged at start)
 
     @property
@@ -313,10 +311,16 @@ def build_parser(root: Path = REPO_ROOT, commands: Mapping[str, str] | None = No
     setup = parser.add_argument_group("set-up")
     setup.add_argument("--skip-install", "--skip-prepare-environment", action="store_true",
                        help="do not check or install dependencies (fast start)")
+    setup.add_argument("--disable-all-extensions", action="store_true",
+                       help="load none of the extensions (the shipped scripts included), e.g. to rule them out")
 
     paths = parser.add_argument_group("paths")
     paths.add_argument("--ckpt", type=_existing_file, default=None, metavar="PATH",
                        help="checkpoint file to load at start")
+    paths.add_argument("--models-dir", type=_directory, default=None, metavar="DIR",
+                       help="base folder of the model folders below (default: models); a folder given by its own "
+                       "flag stays where it is given")
+    parser.set_defaults(default_models_dir=root / "models")
     paths.add_argument("--ckpt-dir", type=_directory, default=root / "models" / "Stable-diffusion", metavar="DIR",
                        help="folder searched for checkpoints (default: models/Stable-diffusion)")
     paths.add_argument("--vae-dir", type=_directory, default=root / "models" / "VAE", metavar="DIR",
@@ -336,6 +340,8 @@ def build_parser(root: Path = REPO_ROOT, commands: Mapping[str, str] | None = No
                        "(default: data)")
     paths.add_argument("--ui-settings-file", type=_directory, default=None, metavar="FILE",
                        help="settings file (default: config.json in the data folder)")
+    paths.add_argument("--styles-file", type=_directory, default=None, metavar="FILE",
+                       help="prompt styles file (default: styles.csv in the data folder)")
     paths.add_argument("--allowed-output-roots", type=_directories, action="extend", default=None,
                        metavar="DIR[,DIR]", help="folders besides the data folder that the Settings tab and API "
                        "clients may choose as output folders (comma-separated; may be repeated)")
@@ -449,14 +455,21 @@ def parse_command_line(
     return Invocation(command=ns.command, command_args=tuple(rest[1:]), options=options_from_namespace(ns))
 
 
+def _in_models_dir(ns: argparse.Namespace, folder: Path) -> Path:
+    """With ``--models-dir``, a model folder left at its default under ``models/`` moves below the given folder."""
+    if ns.models_dir is None or not folder.is_relative_to(ns.default_models_dir):
+        return folder
+    return ns.models_dir / folder.relative_to(ns.default_models_dir)
+
+
 def options_from_namespace(ns: argparse.Namespace) -> LaunchOptions:
     """The typed options from a namespace made by :func:`build_parser`."""
     return LaunchOptions(
         skip_install=ns.skip_install,
         ckpt=ns.ckpt,
-        ckpt_dir=ns.ckpt_dir,
-        vae_dir=ns.vae_dir,
-        lora_dir=ns.lora_dir,
+        ckpt_dir=_in_models_dir(ns, ns.ckpt_dir),
+        vae_dir=_in_models_dir(ns, ns.vae_dir),
+        lora_dir=_in_models_dir(ns, ns.lora_dir),
         embeddings_dir=ns.embeddings_dir,
         data_dir=ns.data_dir,
         no_half=ns.no_half,
@@ -466,10 +479,13 @@ def options_from_namespace(ns: argparse.Namespace) -> LaunchOptions:
         precision=ns.precision,
         device=_chosen_device(ns),
         allow_pickle=ns.allow_pickle,
-        controlnet_dir=ns.controlnet_dir,
+        controlnet_dir=_in_models_dir(ns, ns.controlnet_dir),
         allowed_output_roots=tuple(ns.allowed_output_roots or ()),
-        upscaler_dirs=tuple((kind, getattr(ns, f"upscaler_dir_{kind}")) for kind in UPSCALER_FOLDERS),
+        upscaler_dirs=tuple((kind, _in_models_dir(ns, getattr(ns, f"upscaler_dir_{kind}")))
+                            for kind in UPSCALER_FOLDERS),
         settings_file=ns.ui_settings_file,
+        styles_file=ns.styles_file,
+        disable_all_extensions=ns.disable_all_extensions,
         compat_notes=compat_notes(ns),
         server=ServerOptions(
             port=ns.port, listen=ns.listen, server_name=ns.server_name, share=ns.share, gradio_auth=ns.gradio_auth,

@@ -570,8 +570,11 @@ def default_dirs(state) -> list[Path]:
 
 
 def load_extensions(state, dirs: list[Path] | None = None) -> Extensions:
-    """Load the extensions in ``dirs`` (default: ``extensions/``) onto ``state.extensions`` and return them.
-    ``install.py`` files run unless ``--skip-install`` was given."""
+    """Load the extensions in ``dirs`` (default: ``extensions/``; none with ``--disable-all-extensions``) onto
+    ``state.extensions`` and return them. ``install.py`` files run unless ``--skip-install`` was given."""
+    if state.options.disable_all_extensions:
+        log.info("--disable-all-extensions: no extension is loaded")
+        dirs = []
     extensions = Extensions(state, dirs if dirs is not None else default_dirs(state))
     state.extensions = extensions
     extensions.load(run_install=not state.options.skip_install)

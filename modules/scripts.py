@@ -40,6 +40,7 @@ class Control:
     switch: bool = False  # a checkbox that turns the script on: the closed panel's header shows it
     group: str = ""  # controls of one group share a tab in the panel (e.g. "Unit 0")
     enables: str = ""  # image controls: the switch that an upload turns on
+    upload: str = ""  # textarea controls: the label of a text-file upload beside the box that fills it
 
 
 class Script:

@@ -21,3 +21,22 @@ def test_every_a1111_flag_is_accepted_and_explained(tmp_path):
     assert options.device == "cpu" and options.config_path == settings
     assert parse_command_line(["--device-id", "1"], root=tmp_path, environ={}).options.device == "cuda:1"
     assert parse_command_line(["--use-cpu", "interrogate"], root=tmp_path, environ={}).options.compat_notes
+
+
+def test_models_dir_styles_file_and_disable_all_extensions_act(tmp_path):
+    from modules.app_state import create_state
+    from modules.extensions import load_extensions
+    from modules.prompts.styles import PromptStyle, load_styles, save_style
+
+    models, styles = tmp_path / "elsewhere", tmp_path / "team-styles.csv"
+    argv = ["--models-dir", str(models), "--lora-dir", str(tmp_path / "loras"), "--styles-file", str(styles),
+            "--data-dir", str(tmp_path / "data"), "--disable-all-extensions", "--skip-install", "--device", "cpu"]
+    options = parse_command_line(argv, root=tmp_path, environ={}).options
+    assert options.ckpt_dir == models / "Stable-diffusion" and options.vae_dir == models / "VAE"
+    assert options.upscaler_folders["ESRGAN"] == models / "ESRGAN" and options.controlnet_dir == models / "ControlNet"
+    assert options.lora_dir == tmp_path / "loras"  # given by its own flag: stays
+    assert not options.compat_notes
+    state = create_state(options)
+    save_style(state.styles_path, PromptStyle("team", "watercolor", ""))
+    assert state.styles_path == styles and "team" in load_styles(styles)
+    assert load_extensions(state).scripts == []  # not even the shipped ones

@@ -242,8 +242,12 @@ def test_each_builtin_script_runs_from_the_script_dropdown(page, tmp_path):
     assert grid.width == 2 * 64 + 10 and grid.height > 64  # two cells, the margin between, the labels above
 
     pick(page, "txt2img", "Prompts from file or textbox", "txt2img_script_prompts_from_file_or_textbox")
-    fill(page, "txt2img_script_prompts_from_file_or_textbox_prompt_txt",
-         "--prompt \"a red square\" --seed 5\n--prompt \"a blue square\" --seed 6")
+    prompts = tmp_path / "prompts.txt"  # a multi-line file, uploaded as in A1111
+    prompts.write_text("--prompt \"a red square\" --seed 5\n--prompt \"a blue square\" --seed 6\n")
+    page.set_input_files("#txt2img_script_prompts_from_file_or_textbox_prompt_txt_upload input[type=file]",
+                         str(prompts))
+    page.wait_for_function("() => document.querySelector("
+                           "'#txt2img_script_prompts_from_file_or_textbox_prompt_txt textarea').value.includes('blue')")
     info = generate(page)
     assert "a red square" in info and "Seed: 5," in info
     fill(page, "txt2img_script_prompts_from_file_or_textbox_prompt_txt", "--prompt x --colour red")

@@ -12,6 +12,7 @@ from webui.context import UiContext, script_field
 
 log = logging.getLogger("sdwebui")
 NO_SCRIPT = "None"
+MAX_UPLOADED_TEXT = 1 << 20  # bytes of a text file loaded into a textarea control
 
 
 @dataclass
@@ -71,7 +72,24 @@ def controls_ui(ctx: UiContext, prefix: str, controls, values: dict | None = Non
             control = replace(control, default=values[control.name])
         elem_id = ctx.tip(f"{prefix}_{slug(control.name)}", control.tooltip or control.label)
         out[control.name] = component_for(control, elem_id)
+        if control.kind == "textarea" and control.upload:
+            _upload_into(out[control.name], control.upload, f"{elem_id}_upload")
     return out
+
+
+def _upload_into(box, label: str, elem_id: str) -> None:
+    """A text-file upload under ``box``: the file's text replaces the box's (not an argument of the script)."""
+    upload = gr.File(label=label, file_types=[".txt"], type="binary", elem_id=elem_id)
+
+    def read(data: bytes | None):
+        if not data:
+            return gr.update()
+        if len(data) > MAX_UPLOADED_TEXT:
+            gr.Warning(f"{label}: the file has {len(data)} bytes; at most {MAX_UPLOADED_TEXT}")
+            return gr.update()
+        return data.decode("utf-8", errors="replace")
+
+    upload.upload(read, inputs=upload, outputs=box)
 
 
 def _prefix(kind: str, script) -> str:

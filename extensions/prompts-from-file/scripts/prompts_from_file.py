@@ -147,7 +147,8 @@ class PromptsFromFile(Script):
             Control("checkbox_iterate_batch", "checkbox", "Use same random seed for all lines", False),
             Control("prompt_position", "radio", "Insert prompts at the", "start", choices=("start", "end")),
             Control("prompt_txt", "textarea", "List of prompt inputs", "",
-                    tooltip="One prompt per line, or options: --prompt \"a red circle\" --steps 10 --seed 5"),
+                    tooltip="One prompt per line, or options: --prompt \"a red circle\" --steps 10 --seed 5",
+                    upload="Upload prompt inputs"),
         ]
 
     def _line_job(self, state, base, line: str, position: str):
