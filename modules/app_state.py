@@ -46,7 +46,7 @@ class AppState:
 def create_state(options: LaunchOptions) -> AppState:
     """Build catalogs and the model manager from the launch options (no model is loaded yet)."""
     plan = plan_devices(options.device, options.no_half, options.no_half_vae, options.medvram, options.lowvram,
-                        options.precision)
+                        options.precision, options.medvram_sdxl)
     hashes = HashCache(options.cache_dir / "hashes.json")
     extra = [options.ckpt] if options.ckpt else []
     checkpoints = CheckpointCatalog([options.ckpt_dir], hashes, options.allow_pickle, extra)

@@ -73,8 +73,6 @@ COMPAT_FLAGS: tuple[CompatFlag, ...] = (
     CompatFlag("--max-batch-count", "has no effect here: the setting limit_images_per_request caps a request",
                "N"),
     CompatFlag("--allow-code", _NO_FEATURE),
-    CompatFlag("--medvram-sdxl", "is not applied here: use --medvram, which offloads every model (SDXL too); "
-               "it has no effect on the CPU"),
     CompatFlag("--lowram", "has no effect here: safetensors files are read through a memory map"),
     CompatFlag("--always-batch-cond-uncond", _A1111_NOOP),
     CompatFlag("--unload-gfpgan", _A1111_NOOP),
@@ -198,6 +196,7 @@ class LaunchOptions:
     settings_file: Path | None = None  # --ui-settings-file; None: config.json in the data folder
     styles_file: Path | None = None  # --styles-file; None: styles.csv in the data folder
     disable_all_extensions: bool = False  # --disable-all-extensions: load none of extensions/
+    medvram_sdxl: bool = False  # --medvram only while an SDXL model is loaded
     compat_notes: tuple[str, ...] = ()  # one line per given A1111 flag that has no effect here (logged at start)
 
     @property
@@ -356,6 +355,8 @@ def build_parser(root: Path = REPO_ROOT, commands: Mapping[str, str] | None = No
                         help="keep only the component in use (text encoder, UNet or VAE) on the GPU")
     memory.add_argument("--lowvram", action="store_true",
                         help="move the model to the GPU module by module (slowest, least memory)")
+    compute.add_argument("--medvram-sdxl", action="store_true",
+                         help="--medvram only while an SDXL model is loaded (SD1/SD2 models stay on the GPU)")
     compute.add_argument("--precision", choices=PRECISIONS, default="autocast",
                          help="autocast: compute in half precision where safe; full: compute in the weights' dtype "
                          "(default: autocast)")
@@ -475,6 +476,7 @@ def options_from_namespace(ns: argparse.Namespace) -> LaunchOptions:
         no_half=ns.no_half,
         no_half_vae=ns.no_half_vae,
         medvram=ns.medvram,
+        medvram_sdxl=ns.medvram_sdxl,
         lowvram=ns.lowvram,
         precision=ns.precision,
         device=_chosen_device(ns),

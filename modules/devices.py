@@ -2,7 +2,8 @@
 
 Defaults: CUDA in bf16 where the GPU supports it, else fp16; MPS in fp16; CPU in fp32. ``--no-half`` keeps
 the UNet and text encoders in fp32, ``--no-half-vae`` the VAE; ``--precision full`` means fp32 everywhere. ``--medvram`` keeps every component on the CPU
-and moves the one in use to the GPU; ``--lowvram`` moves the model block by block with forward hooks.
+and moves the one in use to the GPU (``--medvram-sdxl``: only while an SDXL model is loaded); ``--lowvram`` moves the
+model block by block with forward hooks.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ class DevicePlan:
     device: str
     dtype: object  # torch.dtype of UNet and text encoders
     vae_dtype: object
-    offload: str = "none"  # "none", "medvram" or "lowvram"
+    offload: str = "none"  # "none", "medvram", "medvram-sdxl" (medvram for SDXL models only) or "lowvram"
 
     @property
     def is_cpu(self) -> bool:
@@ -41,7 +42,8 @@ def pick_device(requested: str | None) -> str:
 
 
 def plan_devices(device: str | None = None, no_half: bool = False, no_half_vae: bool = False,
-                 medvram: bool = False, lowvram: bool = False, precision: str = "autocast") -> DevicePlan:
+                 medvram: bool = False, lowvram: bool = False, precision: str = "autocast",
+                 medvram_sdxl: bool = False) -> DevicePlan:
     """Choose device, dtypes and offload mode from the command-line flags."""
     import torch
 
@@ -56,7 +58,8 @@ def plan_devices(device: str | None = None, no_half: bool = False, no_half_vae: 
     dtype = torch.float32 if full else half
     vae_dtype = torch.float32 if full or no_half_vae else half
     keep_large_allocations_returnable()
-    offload = "none" if dev == "cpu" else ("lowvram" if lowvram else "medvram" if medvram else "none")
+    offload = "none" if dev == "cpu" else ("lowvram" if lowvram else "medvram" if medvram
+                                           else "medvram-sdxl" if medvram_sdxl else "none")
     return DevicePlan(dev, dtype, vae_dtype, offload)
 
 
@@ -95,18 +98,23 @@ class Offloader:
         self.plan = plan
         self._active = None
         self._hooked: set[int] = set()
+        self._swapped: set[int] = set()  # ids of the components that wait on the CPU and are swapped in by use()
 
-    def place(self, module) -> None:
-        """Initial placement of a freshly loaded component."""
-        if self.plan.offload == "none":
-            module.to(self.plan.device)
-        elif self.plan.offload == "lowvram":
+    def place(self, module, sdxl: bool = False) -> None:
+        """Initial placement of a freshly loaded component (``sdxl``: of an SDXL model, for ``--medvram-sdxl``)."""
+        mode = self.plan.offload
+        if mode == "medvram" or (mode == "medvram-sdxl" and sdxl):
+            self._swapped.add(id(module))
+        elif mode == "lowvram":
             self._hook_blocks(module)
+        else:
+            self._swapped.discard(id(module))
+            module.to(self.plan.device)
 
     @contextlib.contextmanager
     def use(self, module):
         """Context in which ``module`` is on the compute device."""
-        if self.plan.offload == "medvram" and self._active is not module:
+        if id(module) in self._swapped and self._active is not module:
             if self._active is not None:
                 self._active.to("cpu")
             module.to(self.plan.device)

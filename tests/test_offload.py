@@ -20,7 +20,8 @@ PARAMS = dict(prompt="a red circle", negative_prompt="blurry", steps=3, width=64
 
 @pytest.fixture(scope="module")
 def state(tmp_path_factory):
-    return make_state(tmp_path_factory.mktemp("offload"), {"tiny": "sdxl"})  # two text encoders, one projected
+    # an SDXL model (two text encoders, one projected) and an SD1 one, for --medvram-sdxl
+    return make_state(tmp_path_factory.mktemp("offload"), {"tiny": "sdxl", "tiny-sd1": "sd1"}, load="tiny")
 
 
 @pytest.fixture
@@ -62,6 +63,18 @@ def test_medvram_keeps_only_the_component_in_use_on_the_device(state, offload, m
         handle.remove()
     assert encoding and all(encoding) and sampling and all(sampling)
     assert offloader._active is model.vae  # decoding came last
+
+
+def test_medvram_sdxl_swaps_the_components_of_sdxl_models_only(state, offload):
+    plain = image(state)
+    model = offload("medvram-sdxl")
+    offloader = state.models.offloader
+    assert np.array_equal(image(state), plain)
+    assert offloader._active is model.vae  # an SDXL model: swapped in one at a time, decoding last
+    sd1 = state.models.load("tiny-sd1")
+    run_job(state, Txt2ImgParams(**PARAMS))
+    assert offloader._active is model.vae  # the SD1 model's components stayed where they were placed
+    assert not {id(c) for c in (sd1.unet, sd1.vae, *sd1.text_encoders)} & offloader._swapped
 
 
 def test_lowvram_moves_the_model_block_by_block(state, offload, monkeypatch):

@@ -324,7 +324,7 @@ def test_a_start_with_a1111_commandline_args_serves_the_page(server):
     page = urllib.request.urlopen(server.url + "/", timeout=30).read().decode()
     assert re.search(r'window\.sdTheme = \\*"dark\\*"', page)  # --theme acts (in Gradio's config, JSON-escaped)
     log = server.log()
-    for flag in ("--xformers", "--medvram-sdxl", "--opt-sdp-attention"):
+    for flag in ("--xformers", "--opt-sdp-attention"):
         assert log.count(f"launch: {flag}: ") == 1, log
     assert "launch: --theme" not in log
 

@@ -17,6 +17,7 @@ from ..devices import DevicePlan, Offloader, free_memory
 from .catalog import CheckpointCatalog, CheckpointInfo, VaeCatalog
 from .loader import LoadOptions, RecycledModelLost, SDModel, load_checkpoint, load_vae_file
 from .safetensors_file import ModelFileError
+from .spec import Family
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +81,7 @@ class ModelManager:
                 if not recycled:  # a recycled model's memory lives on in the new one: nothing to return
                     free_memory()
             for component in (model.unet, model.vae, *model.text_encoders):
-                self.offloader.place(component)
+                self.offloader.place(component, _is_sdxl(model))
             try:
                 self._apply_vae(self.vae_choice)
             except ModelFileError as e:
@@ -155,7 +156,7 @@ class ModelManager:
             self._baked_vae[id(model)] = model.vae
             self.current, self.current_info = model, info
             for component in (model.unet, model.vae, *model.text_encoders):
-                self.offloader.place(component)
+                self.offloader.place(component, _is_sdxl(model))
             self._apply_vae(self.vae_choice)
             return model
 
@@ -185,7 +186,7 @@ class ModelManager:
         else:
             vae = load_vae_file(source, model.spec.vae, model.spec.vae_scale,
                                 LoadOptions(allow_pickle=self.allow_pickle, dtype=self.plan.vae_dtype))
-            self.offloader.place(vae)
+            self.offloader.place(vae, _is_sdxl(model))
             model.vae = vae
         self.vae_source = source
         self._vae_applied = (id(model), source)
@@ -221,3 +222,8 @@ class ModelManager:
                 vae.to(torch.float32)
                 images = vae.decode(z.float()).sample
         return images.float()
+
+
+def _is_sdxl(model: SDModel) -> bool:
+    """Whether ``--medvram-sdxl`` offloads ``model``'s components."""
+    return model.family in (Family.SDXL, Family.SDXL_REFINER)
