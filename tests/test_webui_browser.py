@@ -820,3 +820,31 @@ def test_gradio_auth_login_page_rejects_wrong_credentials_and_extension_install_
         assert pg.locator("#extension_install_button").count() == 0
         context.close()
         assert errors == [], f"browser console errors: {errors}"
+
+
+def test_lora_card_editor_saves_the_sidecar_and_the_card_inserts_preferred_weight_and_activation_text(page, server):
+    sidecar = server.data_dir.parent / "models" / "Lora" / f"{LORA_NAME}.json"
+    card = f"#txt2img_en_lora .sd-card[data-name='{LORA_NAME}']"
+    try:
+        page.fill("#txt2img_prompt textarea", "a cat")
+        page.click("#txt2img_extra_networks")
+        page.get_by_role("tab", name="LoRA").first.click()
+        page.click(f"{card} .sd-card-edit")
+        page.wait_for_selector("#txt2img_en_dialog", state="visible")
+        page.locator("#txt2img_en_description textarea").fill("a tiny test LoRA")
+        page.locator("#txt2img_en_activation textarea, #txt2img_en_activation input").first.fill("tinytrigger")
+        set_number(page, "txt2img_en_weight", 0.7)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.locator("#txt2img_en_dialog").first.screenshot(path=str(ARTIFACTS / "extra-network-metadata.png"))
+        page.click("#txt2img_en_save")
+        page.wait_for_selector("#txt2img_en_dialog", state="hidden")
+        page.wait_for_selector(f"{card} .sd-card-desc:has-text('a tiny test LoRA')")  # the card shows it at once
+        saved = json.loads(sidecar.read_text(encoding="utf-8"))
+        assert (saved["activation text"], saved["preferred weight"]) == ("tinytrigger", 0.7)
+        page.click(f"{card} .sd-card-name")
+        page.wait_for_function("() => document.querySelector('#txt2img_prompt textarea').value.includes('tinytrigger')")
+        assert prompt_value(page) == f"a cat <lora:{LORA_NAME}:0.7> tinytrigger"
+        page.click(f"{card} .sd-card-name")  # a second click takes the tag and the activation text out
+        page.wait_for_function("() => document.querySelector('#txt2img_prompt textarea').value === 'a cat'")
+    finally:
+        sidecar.unlink(missing_ok=True)  # the module's other tests expect the LoRA's default card text

@@ -156,3 +156,29 @@ def test_batch_uploads_are_checked_against_the_request_limits(tmp_path):
         _open_uploads(paths[:2], 1600, 2000)
     with pytest.raises(ValueError, match="c.txt: not a readable image"):
         _open_uploads(paths, 1600, 10_000)
+
+
+def test_checkpoint_merger_tab_writes_a_weighted_sum_that_the_checkpoint_list_offers(browser, server):
+    import json
+
+    from safetensors import safe_open
+
+    name = "0.5(tiny-alpha) + 0.5(tiny-beta).safetensors"
+    with watched_page(browser, server.url) as page:
+        page.get_by_role("tab", name="Checkpoint Merger").click()
+        for elem_id, option in (("modelmerger_primary_model_name", "tiny-alpha.safetensors"),
+                                ("modelmerger_secondary_model_name", "tiny-beta.safetensors")):
+            page.click(f"#{elem_id} input")
+            page.click(f"#{elem_id} [role=option][aria-label='{option}']")
+            page.wait_for_function(f"() => document.querySelector('#{elem_id} input').value === '{option}'")
+        set_number(page, "modelmerger_interp_amount", 0.5)
+        page.click("#modelmerger_merge")
+        page.wait_for_selector("#modelmerger_result .sd-note, #modelmerger_result .sd-error", timeout=30_000)
+        assert f"Checkpoint saved to {server.data_dir.parent / 'models' / 'Stable-diffusion' / name}" in \
+            page.inner_text("#modelmerger_result")
+        shot(page, "checkpoint-merger")
+        page.click("#setting_sd_model_checkpoint input")
+        assert page.get_by_role("option", name=name, exact=True).is_visible()
+    with safe_open(str(server.data_dir.parent / "models" / "Stable-diffusion" / name), "pt") as f:
+        recipe = json.loads(f.metadata()["sd_merge_recipe"])
+    assert recipe["interp_method"] == "Weighted sum" and recipe["multiplier"] == 0.5

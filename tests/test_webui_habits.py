@@ -308,6 +308,7 @@ def test_refiner_and_tiling_are_sent_and_pasted_back(page):
     choose(page, "txt2img_refiner_checkpoint", "tiny-beta.safetensors")
     info = generate(page)
     assert "Tiling: True" in info and "Refiner: tiny-beta [" in info and "Refiner switch at: 0.8" in info, info
+    shot(page, "refiner-tiling")
 
     choose(page, "txt2img_refiner_checkpoint", "None")
     line = next(text for text in info.splitlines() if text.startswith("Steps: "))

@@ -434,7 +434,7 @@ def build_generation_tab(ctx: UiContext, kind: str, size: tuple[int, int]) -> Ge
             script_ui = script_controls.build(ctx, kind, (tab.fields["width"], tab.fields["height"]))
             tab.fields.update(script_ui.fields)  # pasted infotext fills the always-on panels too
             with gr.Accordion("Extra networks", open=False, elem_id=f"{kind}_extra_networks"):
-                extra_networks.build_panel(ctx, kind, tab.prompt)
+                extra_networks.build_panel(ctx, kind, tab.prompt, tab.negative_prompt)
         with gr.Column(scale=1, elem_id=f"{kind}_results"):
             _output_panel(ctx, tab)
 

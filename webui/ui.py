@@ -1,5 +1,5 @@
-"""The Gradio Blocks of the web UI: top bar, generation tabs, Extras, PNG Info, Settings, Extensions, and cross-tab
-sending."""
+"""The Gradio Blocks of the web UI: top bar, generation tabs, Extras, PNG Info, Checkpoint Merger, Settings,
+Extensions, and cross-tab sending."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ from pathlib import Path
 import gradio as gr
 
 from modules.extensions import ui_assets
-from webui import extension_tabs, extensions_tab, extras_tab, pnginfo, settings_tab, top_bar
+from webui import extension_tabs, extensions_tab, extras_tab, merger_tab, pnginfo, settings_tab, top_bar
 from webui.context import UiContext
 from webui.generation_tab import GenerationTab, build_generation_tab, fill_updates, is_local
 from webui.icons import icons_css
@@ -130,6 +130,8 @@ def build_ui(state, startup_job=None, restarter: Restarter | None = None) -> tup
                 extras = extras_tab.build(ctx)
             with gr.Tab("PNG Info", id="pnginfo", elem_id="tab_pnginfo"):
                 png = pnginfo.build(ctx)
+            with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger"):
+                merger_tab.build(ctx)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings_values, settings_components = settings_tab.build(ctx)
             for tab in state.extensions.ui_tabs() if state.extensions is not None else []:

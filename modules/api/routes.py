@@ -29,6 +29,7 @@ from modules import infotext as infotext_mod
 from modules.app_state import default_checkpoint
 from modules.image_io import PNG_INFOTEXT_KEY, read_infotext
 from modules.models.safetensors_file import ModelFileError
+from modules.networks.user_metadata import api_metadata
 from modules.processing import extras
 from modules.processing.image_ops import LATENT_UPSCALE_MODES
 from modules.processing.params import GenerationParams, Img2ImgParams, ParamError, Txt2ImgParams
@@ -694,7 +695,7 @@ def build_router(state) -> APIRouter:
 
     @router.get("/loras", response_model=list[m.LoraItem])
     def loras():
-        return [{"name": i.name, "alias": i.alias, "path": str(i.path), "metadata": dict(i.metadata)}
+        return [{"name": i.name, "alias": i.alias, "path": str(i.path), "metadata": api_metadata(i.metadata)}
                 for i in state.networks.loras.items]
 
     @router.get("/embeddings", response_model=m.EmbeddingsResponse)

@@ -5,10 +5,8 @@ Everything here except `load_tensor_file` works on file bytes alone, so listing 
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any
 
 from modules.hashing import HashCache
 from modules.models.safetensors_file import PICKLE_SUFFIXES, SafetensorsHeader, TensorEntry, read_header
+from modules.networks.user_metadata import tag_frequency
 
 log = logging.getLogger(__name__)
 
@@ -136,21 +135,7 @@ def base_model_of(header: SafetensorsHeader) -> str | None:
 
 def trigger_words_of(metadata: Mapping[str, str], count: int = TRIGGER_WORD_COUNT) -> tuple[str, ...]:
     """The most frequent training tags (kohya's `ss_tag_frequency`, summed over dataset folders)."""
-    raw = metadata.get("ss_tag_frequency")
-    if not raw:
-        return ()
-    try:
-        folders = json.loads(raw)
-    except json.JSONDecodeError:
-        return ()
-    totals: Counter[str] = Counter()
-    for tags in folders.values() if isinstance(folders, dict) else ():
-        if isinstance(tags, dict):
-            for tag, n in tags.items():
-                if tag.strip() and isinstance(n, int):
-                    totals[tag.strip()] += n
-    ranked = sorted(totals.items(), key=lambda item: (-item[1], item[0]))
-    return tuple(tag for tag, _ in ranked[:count])
+    return tuple(tag for tag, _ in tag_frequency(metadata, count))
 
 
 def describe_lora(path: str | os.PathLike) -> LoraInfo:

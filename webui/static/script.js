@@ -1,5 +1,5 @@
-// Page behaviour Gradio has no option for: Ctrl+Enter, extra-network card clicks, tooltips, and the last prompts
-// of each tab kept across page reloads (in this browser's localStorage).
+// Page behaviour Gradio has no option for: Ctrl+Enter, extra-network card clicks (and their edit buttons), tooltips,
+// and the last prompts of each tab kept across page reloads (in this browser's localStorage).
 (function () {
   "use strict";
 
@@ -20,19 +20,19 @@
     if (button) { e.preventDefault(); button.click(); }
   });
 
-  function pickCard(card) {
+  function pickCard(card, box) {
     const nonce = Date.now().toString(36) + Math.random().toString(36).slice(2, 6);
-    setTextbox(card.dataset.target + "_en_pick", card.dataset.kind + "\t" + card.dataset.name + "\t" + nonce);
+    setTextbox(card.dataset.target + box, card.dataset.kind + "\t" + card.dataset.name + "\t" + nonce);
   }
 
   document.addEventListener("click", function (e) {
     const card = e.target.closest && e.target.closest(".sd-card");
-    if (card) pickCard(card);
+    if (card) pickCard(card, e.target.closest(".sd-card-edit") ? "_en_edit" : "_en_pick");
   });
   document.addEventListener("keydown", function (e) {
     if ((e.key === "Enter" || e.key === " ") && e.target.classList && e.target.classList.contains("sd-card")) {
       e.preventDefault();
-      pickCard(e.target);
+      pickCard(e.target, "_en_pick");
     }
   });
 
