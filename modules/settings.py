@@ -36,6 +36,8 @@ class Settings:
     # models
     sd_model_checkpoint: str = ""
     sd_vae: str = "Automatic"
+    # VAE: decode and encode in overlapping tiles above this many pixels (width × height; 0 = at every size)
+    vae_tile_threshold: int = 1024 * 1024
     sd_checkpoints_limit: int = 1
     CLIP_stop_at_last_layers: int = 1
     emphasis: str = "Original"
@@ -164,7 +166,7 @@ def _validated(values: dict) -> dict:
     for name in ("eta_ancestral", "eta_ddim"):
         if out.get(name, 0.0) < 0:
             raise ValueError(f"setting {name!r} must be >= 0")
-    for name in ("ESRGAN_tile", "ESRGAN_tile_overlap"):
+    for name in ("ESRGAN_tile", "ESRGAN_tile_overlap", "vae_tile_threshold"):
         if out.get(name, 0) < 0:
             raise ValueError(f"setting {name!r} must be >= 0")
     for name in LIMIT_SETTINGS:

@@ -29,6 +29,8 @@ SECTIONS: dict[str, dict[str, str]] = {
     "Stable Diffusion": {
         "sd_model_checkpoint": "Stable Diffusion checkpoint",
         "sd_vae": "SD VAE",
+        "vae_tile_threshold": "VAE in tiles (bounded memory) above this many pixels, width × height (1048576 = "
+                              "1024×1024; 0 = at every size)",
         "sd_checkpoints_limit": "Checkpoints to keep in RAM",
         "CLIP_stop_at_last_layers": "Clip skip",
         "emphasis": "Emphasis mode",

@@ -44,6 +44,7 @@ class ModelManager:
         self.on_released: list[Callable[[SDModel], None]] = []  # a model leaves memory (not kept in the cache)
         self._nan_warned = False
         self._previewer: tuple | None = None
+        self.vae_tile_threshold = 1024 * 1024  # the job's setting: decode/encode in tiles above this many pixels
 
     # --- checkpoints -------------------------------------------------------------------------------------------
 
@@ -206,22 +207,45 @@ class ModelManager:
     # --- decoding ---------------------------------------------------------------------------------------------
 
     def decode(self, latents):
-        """VAE decode of unscaled latents ([-1, 1] images); retries in fp32 if a half-precision decode gives NaN/inf."""
+        """VAE decode of scaled latents ([-1, 1] images), in tiles above ``vae_tile_threshold`` pixels; retries in
+        fp32 if a half-precision decode gives NaN/inf."""
         import torch
 
         model = self.current
         vae = model.vae
         with self.offloader.use(vae):
             z = latents.to(vae.device, vae.dtype) / vae.config.scaling_factor
-            images = vae.decode(z).sample
+            images = self._decode(vae, z)
             if vae.dtype != torch.float32 and not torch.isfinite(images).all():
                 if not self._nan_warned:
                     log.warning("VAE produced NaN/inf in %s; decoding again in fp32 (start with --no-half-vae to "
                                 "avoid this)", vae.dtype)
                     self._nan_warned = True
                 vae.to(torch.float32)
-                images = vae.decode(z.float()).sample
+                images = self._decode(vae, z.float())
         return images.float()
+
+    def _decode(self, vae, z):
+        from ..processing.vae_tiling import tiled_decode, vae_factor, wants_tiling
+
+        factor = vae_factor(vae)
+        if wants_tiling(z.shape[-1] * factor, z.shape[-2] * factor, self.vae_tile_threshold):
+            return tiled_decode(vae, z)
+        return vae.decode(z).sample
+
+    def encode(self, pixels):
+        """VAE encode of pixels in [-1, 1] [B, 3, H, W] → scaled latents (the distribution's mean: deterministic),
+        float32 on the CPU; in tiles above ``vae_tile_threshold`` pixels."""
+        from ..processing.vae_tiling import tiled_encode, wants_tiling
+
+        vae = self.current.vae
+        with self.offloader.use(vae):
+            x = pixels.to(vae.device, vae.dtype)
+            if wants_tiling(x.shape[-1], x.shape[-2], self.vae_tile_threshold):
+                latent = tiled_encode(vae, x)
+            else:
+                latent = vae.encode(x).latent_dist.mean
+        return (latent * vae.config.scaling_factor).float().cpu()
 
 
 def _is_sdxl(model: SDModel) -> bool:

@@ -1,4 +1,10 @@
-"""Progress of one job: steps, ETA, live preview, finished images, and the interrupt/skip flags."""
+"""Progress of one job: steps, ETA, live preview, finished images, and the interrupt/skip flags.
+
+The live preview costs a VAE decode (or a small matrix product) per step, so a job makes one only while someone
+watches: reading :attr:`JobProgress.preview` (the web UI's progress poll, ``/sdapi/v1/progress`` without
+``skip_current_image``) asks for previews for the next :data:`PREVIEW_INTEREST_SECONDS`. A job nobody polls (the
+CLI, an API client that only waits for its images) makes none.
+"""
 from __future__ import annotations
 
 import time
@@ -6,6 +12,8 @@ import uuid
 from dataclasses import dataclass, field
 
 from ..sampling import SamplingControl
+
+PREVIEW_INTEREST_SECONDS = 10.0  # a read of the preview keeps the job making previews this long
 
 
 @dataclass
@@ -18,14 +26,29 @@ class JobProgress:
     step: int = 0
     started: float | None = None
     textinfo: str = ""
-    preview: object = None  # PIL image of the sampler's current estimate, at the output's size
+    _preview: object = field(default=None, repr=False)  # PIL image of the sampler's estimate, at the output's size
     preview_step: int = -1
+    preview_asked: float | None = None  # time.monotonic() of the last read of ``preview``
     images: list = field(default_factory=list)  # finished images, in order
     control: SamplingControl = field(default_factory=SamplingControl)
     error: str | None = None
     batches: int = 1  # the job's batch count (n_iter)
     parent: JobProgress | None = field(default=None, repr=False)  # a nested job's: its steps count there too
     parent_text: str = ""  # a nested job's line in the parent's textinfo; "{step}" becomes its step number
+
+    @property
+    def preview(self):
+        """The last live preview (from step ``preview_step``), or None; reading it asks the job for previews for the
+        next :data:`PREVIEW_INTEREST_SECONDS`."""
+        self.preview_asked = time.monotonic()
+        return self._preview
+
+    def wants_preview(self) -> bool:
+        """Whether someone read the preview (of this job, or of the job it is nested in) lately."""
+        asked = self.preview_asked
+        if asked is not None and time.monotonic() - asked <= PREVIEW_INTEREST_SECONDS:
+            return True
+        return self.parent is not None and self.parent.wants_preview()
 
     @property
     def fraction(self) -> float:
@@ -71,7 +94,7 @@ class JobProgress:
 
     def show_preview(self, image) -> None:
         """``image`` is the live preview from the step just done; a nested job's shows in its parent too."""
-        self.preview, self.preview_step = image, self.step
+        self._preview, self.preview_step = image, self.step
         if self.parent is not None:
             self.parent.show_preview(image)
 

@@ -178,6 +178,7 @@ def _select_model(state, settings):
     in RAM" as the job's settings say (it decides whether a refiner or a hires checkpoint replaces the model)."""
     models = state.models
     models.cache_size = max(1, int(settings.sd_checkpoints_limit))
+    models.vae_tile_threshold = int(settings.vae_tile_threshold)
     wanted = settings.sd_model_checkpoint
     try:
         if wanted and (models.current_info is None or models.catalog.find(wanted) != models.current_info):
@@ -260,7 +261,7 @@ def _run_batch(state, job: _Job, iteration: int, lo: int, hi: int, bar) -> None:
         denoiser.on_step(info)
         progress.advance(f"Batch {iteration + 1}/{p.n_iter}, step {info.step + 1}/{info.total or '?'}")
         bar.update(1)
-        if job.settings.live_previews_enable and (info.step + 1) % every == 0:
+        if job.settings.live_previews_enable and (info.step + 1) % every == 0 and progress.wants_preview():
             preview = _preview(state, job.settings.show_progress_type, info.denoised[:1])
             if preview is not None:
                 progress.show_preview(preview)
@@ -346,10 +347,7 @@ def _txt2img_image_cond(state, model, batch: int, h8: int, w8: int):
 
 def _encode(state, pixels: torch.Tensor) -> torch.Tensor:
     """Pixels in [-1, 1] → scaled latents (the distribution's mean: deterministic)."""
-    vae = state.models.current.vae
-    with state.models.offloader.use(vae):
-        latent = vae.encode(pixels.to(vae.device, vae.dtype)).latent_dist.mean
-    return (latent * vae.config.scaling_factor).float().cpu()
+    return state.models.encode(pixels)
 
 
 @dataclass
