@@ -52,6 +52,20 @@ def check_folder(name: str, value: str, data_dir: Path, roots: Sequence[Path] = 
         raise ValueError(f"setting {name!r}: {value!r} cannot be a folder: {blocker} is a file")
 
 
+def typed_folder(label: str, value: str, data_dir: Path, roots: Sequence[Path], remote: bool) -> Path:
+    """The folder a user typed (relative: below ``data_dir``): any folder for a browser on the server's machine; for a
+    ``remote`` one only inside ``data_dir`` or one of ``roots`` (ValueError naming ``label`` otherwise)."""
+    if remote:
+        try:
+            check_folder(label, value, data_dir, roots)
+        except ValueError as e:
+            raise ValueError(str(e).removeprefix("setting ")) from None
+    try:
+        return (Path(data_dir) / Path(value).expanduser()).resolve()
+    except (OSError, RuntimeError, ValueError) as e:
+        raise ValueError(f"{label}: {value!r} is not a usable folder ({e})") from None
+
+
 def make_folder(path: Path) -> None:
     """Create ``path`` and its parents. OutputFolderError when a file is in the way (a setting to change); other
     refusals (no permission, a full or read-only disk) raise their OSError unchanged, for the save's own handling."""

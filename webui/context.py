@@ -17,6 +17,13 @@ class SessionOutput:
     subseeds: list[int] = field(default_factory=list)
     selected: int = 0
 
+    def keep(self, result) -> list[str]:
+        """Hold a finished job's images and data; its warnings for the user (with a line when it was interrupted)."""
+        self.images, self.infotexts, self.paths = list(result.images), list(result.infotexts), list(result.paths)
+        self.seeds, self.subseeds, self.selected = list(result.seeds), list(result.subseeds), 0
+        return list(result.warnings) + (["Interrupted: the images finished so far are kept"]
+                                        if result.interrupted else [])
+
 
 class SessionOutputs:
     """Per (browser session, tab kind) outputs, so that Interrupt and send-to act on the user's own job only."""

@@ -9,7 +9,7 @@ import gradio as gr
 from PIL import Image
 
 from modules import requester
-from modules.output_folders import check_folder
+from modules.output_folders import typed_folder
 from modules.processing.extras import (
     FACE_RESTORATION_UNAVAILABLE,
     MAX_OUTPUT_SIDE,
@@ -43,16 +43,8 @@ class ExtrasTab:
 def _server_folder(ctx: UiContext, value: str, label: str, local: bool) -> Path:
     """A folder typed by the user: any folder for a browser on the server's machine, else only inside the data
     folder or an ``--allowed-output-roots`` root (ValueError naming ``label``); relative: below the data folder."""
-    data_dir = ctx.state.options.data_dir
-    if not local:
-        try:
-            check_folder(label, value, data_dir, ctx.state.options.allowed_output_roots)
-        except ValueError as e:
-            raise ValueError(str(e).removeprefix("setting ")) from None
-    try:
-        return (Path(data_dir) / Path(value).expanduser()).resolve()
-    except (OSError, RuntimeError, ValueError) as e:
-        raise ValueError(f"{label}: {value!r} is not a usable folder ({e})") from None
+    options = ctx.state.options
+    return typed_folder(label, value, options.data_dir, options.allowed_output_roots, not local)
 
 
 def _open_uploads(paths: list[str], max_each: int, max_total: int) -> list[ExtrasSource]:

@@ -365,10 +365,7 @@ def _run(ctx: UiContext, tab: GenerationTab, data: dict, request: gr.Request, sc
         yield {**done, tab.gallery: gr.update(value=kept, visible=True) if kept else gr.update(visible=True),
                tab.info: info_html("", error=f"{type(e).__name__}: {e}")}
         return
-    out.images, out.infotexts, out.paths = list(result.images), list(result.infotexts), list(result.paths)
-    out.seeds, out.subseeds, out.selected = list(result.seeds), list(result.subseeds), 0
-    warnings = list(result.warnings) + (["Interrupted: the images finished so far are kept"]
-                                        if result.interrupted else [])
+    warnings = out.keep(result)
     for line in filter(is_unsaved_warning, warnings):
         user_warning(line)
     first = result.infotexts[0] if result.infotexts else ""

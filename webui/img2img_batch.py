@@ -99,10 +99,7 @@ def run(ctx: UiContext, tab, data: dict, request: gr.Request, script_ui):
     except Exception as e:  # noqa: BLE001 - a job's error is the user's to read; the images made so far stay
         error = str(e) if isinstance(e, ValueError) else f"{type(e).__name__}: {e}"
     result = batch.result
-    out.images, out.infotexts, out.paths = list(result.images), list(result.infotexts), list(result.paths)
-    out.seeds, out.subseeds, out.selected = list(result.seeds), list(result.subseeds), 0
-    warnings = list(result.warnings) + (["Interrupted: the images finished so far are kept"]
-                                        if result.interrupted else [])
+    warnings = out.keep(result)
     for line in filter(is_unsaved_warning, warnings):
         user_warning(line)
     where = plan.output_dir or state.settings.current.output_dir(tab.kind, state.options.data_dir)

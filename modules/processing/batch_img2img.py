@@ -26,9 +26,10 @@ from PIL import Image, ImageOps
 
 from ..image_io import read_infotext_file
 from ..infotext import infotext_to_params, parse_infotext
-from ..output_folders import check_folder
+from ..output_folders import typed_folder
 from ..requester import LOCAL, Requester
 from ..sampling import resolve_seed
+from . import script_results
 from .params import Img2ImgParams
 from .runner import JobResult
 from .saving import UnsavedImages
@@ -64,20 +65,6 @@ class BatchPlan:
     png_info_dir: Path | None
 
 
-def confined_folder(label: str, value: str, data_dir: Path, roots, who: Requester) -> Path:
-    """The folder ``value`` names (relative: below ``data_dir``); for a remote ``who`` it must lie inside
-    ``data_dir`` or one of ``roots`` (ValueError naming ``label`` otherwise)."""
-    if who.remote:
-        try:
-            check_folder(label, value, data_dir, roots)
-        except ValueError as e:
-            raise ValueError(str(e).removeprefix("setting ")) from None
-    try:
-        return (Path(data_dir) / Path(value).expanduser()).resolve()
-    except (OSError, RuntimeError, ValueError) as e:
-        raise ValueError(f"{label}: {value!r} is not a usable folder ({e})") from None
-
-
 def _files(folder: Path, label: str, suffixes: tuple[str, ...] | None) -> list[Path]:
     """The files below ``folder`` (with subfolders when ``suffixes`` is given, which they must end in), by path."""
     if not folder.is_dir():
@@ -96,7 +83,7 @@ def plan_batch(state, folders: BatchFolders, who: Requester = LOCAL) -> BatchPla
 
     def folder(label: str, value: str) -> Path | None:
         value = (value or "").strip()
-        return confined_folder(label, value, data_dir, roots, who) if value else None
+        return typed_folder(label, value, data_dir, roots, who.remote) if value else None
 
     input_dir = folder("Input directory", folders.input_dir)
     if input_dir is None:
@@ -231,24 +218,17 @@ class BatchRun:
 
     def _keep(self, image_path: Path, one: JobResult, unsaved: UnsavedImages) -> None:
         """Add one image's results; with an output folder, save them there under the image's name."""
-        r = self.result
-        r.images += one.images
-        r.infotexts += one.infotexts
-        r.seeds += one.seeds
-        r.subseeds += one.subseeds
-        r.prompts += one.prompts
-        r.negative_prompts += one.negative_prompts
-        r.warnings.extend(w for w in one.warnings if w not in r.warnings)
         if self.plan.output_dir is None:
-            r.paths += one.paths
+            script_results.add_job(self.result, one)
             return
+        script_results.add_job(self.result, dataclasses.replace(one, paths=[]))  # saved below, under its name
         folder = self.plan.output_dir / image_path.parent.relative_to(self.plan.input_dir)
         ext = self.state.settings.current.samples_format
         for n, (image, infotext) in enumerate(zip(one.images, one.infotexts)):
             name = f"{image_path.stem}{f'-{n}' if n else ''}.{ext}"
             path = unsaved.save(image, folder, lambda target, name=name: target / name, infotext, dated=False)
             if path is not None:
-                r.paths.append(path)
+                self.result.paths.append(path)
 
 
 def run_batch(state, params: Img2ImgParams, folders: BatchFolders, submit: Callable[[Img2ImgParams], object],
