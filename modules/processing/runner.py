@@ -194,7 +194,6 @@ def _select_model(state, settings):
     return models.current
 
 
-
 def _noise(job: _Job, seeds, subseeds, shape, state) -> SeededNoise:
     p = job.params
     resize = (p.seed_resize_from_w, p.seed_resize_from_h) if p.seed_resize_from_w > 0 and p.seed_resize_from_h > 0 else None

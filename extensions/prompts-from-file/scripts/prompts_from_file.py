@@ -225,7 +225,6 @@ class PromptsFromFile(Script):
         return result
 
 
-
 def register(api) -> None:
     """The script (it reads the checkpoint list for ``--sd_model``)."""
     api.add_script(PromptsFromFile(api.state))

@@ -239,7 +239,6 @@ class SdUpscale(Script):
         return _padded(image, layout.size)
 
 
-
 def register(api) -> None:
     """The script (its upscaler list is the app's) and the hook that writes its infotext fields."""
     script = SdUpscale(api.state)
