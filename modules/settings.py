@@ -169,6 +169,8 @@ def _validated(values: dict) -> dict:
     for name in ("ESRGAN_tile", "ESRGAN_tile_overlap", "vae_tile_threshold"):
         if out.get(name, 0) < 0:
             raise ValueError(f"setting {name!r} must be >= 0")
+    if not 0 <= out.get("inpainting_mask_weight", 1.0) <= 1:
+        raise ValueError("setting 'inpainting_mask_weight' must be within 0..1")
     for name in LIMIT_SETTINGS:
         if out.get(name, 1) < 1:
             raise ValueError(f"setting {name!r} must be >= 1")

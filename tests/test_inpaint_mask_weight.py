@@ -5,6 +5,7 @@ blanked at 1 (the default, as before), the images differ, and the infotext recor
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image, ImageDraw
 
@@ -54,3 +55,5 @@ def test_mask_weight_blends_the_conditioning_between_the_whole_and_the_masked_so
     assert torch.allclose(whole_cond, _encode(state, source), atol=1e-4)
     assert (same == default).all() and np.abs(whole - default).max() > 10
     assert "Conditional mask weight: 1.0" in default_text and "Conditional mask weight: 0.0" in whole_text
+    with pytest.raises(ValueError, match="inpainting_mask_weight"):
+        run({"inpainting_mask_weight": 1.5})
