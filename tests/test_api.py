@@ -401,3 +401,82 @@ def test_upscaler_listings_show_the_model_files(http):
     assert [m["name"] for m in http.get("/realesrgan-models").json()] == [tiny_upscaler.NAME]
     assert http.get("/face-restorers").json() == [] and http.get("/hypernetworks").json() == []
     assert http.post("/refresh-upscalers").status_code == 200
+
+
+# --- training ------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def train_data(api_root):
+    """A captioned dataset inside the server's data folder (a request may name only folders there)."""
+    from modules.training import shapes_world as world
+
+    folder = api_root / "data" / "datasets" / "stars"
+    world.concept_dataset(folder, 6, (world.STAR,), seed=4)
+    for text in folder.glob("*.txt"):  # the embedding's word in every caption
+        text.write_text("zapstar, " + text.read_text(encoding="utf-8"), encoding="utf-8")
+    return "datasets/stars"
+
+
+TRAIN_COMMON = {"batch_size": 2, "training_width": 64, "training_height": 64, "create_image_every": 4,
+                "preview_steps": 3, "seed": 1}
+
+
+def test_create_and_train_an_embedding_with_progress_then_use_it(http, api, train_data):
+    made = http.post("/create/embedding", json={"name": "zapstar", "init_text": "star shape",
+                                                "num_vectors_per_token": 2})
+    assert made.status_code == 200 and made.json()["info"].startswith("create embedding filename:")
+    assert http.get("/embeddings").json()["loaded"]["zapstar"]["vectors"] == 2
+    assert http.post("/create/embedding", json={"name": "zapstar"}).status_code == 400  # exists, no overwrite_old
+    box, seen = {}, []
+    body = {"embedding_name": "zapstar", "data_root": train_data, "learn_rate": "0.05", "steps": 8, **TRAIN_COMMON}
+    worker = threading.Thread(target=lambda: box.update(r=http.post("/train/embedding", json=body)))
+    worker.start()
+    while worker.is_alive():
+        progress = http.get("/progress").json()
+        if progress["textinfo"] and progress["textinfo"].startswith("Training"):
+            seen.append(progress)
+        time.sleep(0.05)
+    reply = box["r"]
+    assert reply.status_code == 200, reply.text
+    data = reply.json()
+    assert data["info"].startswith("train embedding complete: filename:") and data["step"] == 8
+    assert len(data["losses"]) == 8 and all(np.isfinite(data["losses"]))
+    assert seen and seen[-1]["state"]["sampling_steps"] == 8 and "loss" in seen[-1]["textinfo"]
+    assert any(p["current_image"] for p in seen)  # the sample image is the live preview
+    assert http.get("/embeddings").json()["loaded"]["zapstar"]["vectors"] == 2
+    with_word = api.txt2img(prompt="zapstar", seed=3, **SMALL).image
+    without = api.txt2img(prompt="a shape", seed=3, **SMALL).image
+    assert not np.array_equal(pixels(with_word), pixels(without))
+
+
+def test_train_lora_writes_a_card_the_prompt_can_use(http, api, api_root, train_data):
+    body = {"lora_name": "apistar", "data_root": train_data, "learn_rate": 5e-3, "steps": 6, "network_dim": 4,
+            "network_alpha": 4, "varsize": True, "activation_text": "starry", **TRAIN_COMMON}
+    reply = http.post("/train/lora", json=body)
+    assert reply.status_code == 200, reply.text
+    assert reply.json()["filename"].endswith("apistar.safetensors")
+    assert {p.name for p in (api_root / "models" / "Lora").glob("apistar*")} == {
+        "apistar.safetensors", "apistar.preview.png", "apistar.json"}
+    assert json.loads((api_root / "models" / "Lora" / "apistar.json").read_text())["activation text"] == "starry"
+    assert any(item["name"] == "apistar" for item in http.get("/loras").json())
+    base = pixels(api.txt2img(prompt="a star", seed=3, **SMALL).image)
+    assert not np.array_equal(pixels(api.txt2img(prompt="a star <lora:apistar:1>", seed=3, **SMALL).image), base)
+    assert np.array_equal(pixels(api.txt2img(prompt="a star <lora:apistar:0>", seed=3, **SMALL).image), base)
+
+
+@pytest.mark.parametrize(("path", "body", "field"), [
+    ("/train/lora", {"lora_name": "x", "data_root": "/etc", "learn_rate": 1e-3}, "dataset folder"),
+    ("/train/lora", {"lora_name": "x", "data_root": "datasets/stars", "learn_rate": "0.01:10, 0.001"},
+     "learn_rate"),
+    ("/train/lora", {"lora_name": "a/b", "data_root": "datasets/stars", "learn_rate": 1e-3}, "name"),
+    ("/train/embedding", {"embedding_name": "nothere", "data_root": "datasets/stars", "learn_rate": 1e-3},
+     "dataset"),
+    ("/train/lora", {"lora_name": "x", "data_root": "datasets/stars", "learn_rate": 1e-3, "training_width": 64,
+                     "training_height": 128}, "training_height"),
+    ("/train/lora", {"lora_name": "x", "data_root": "datasets/stars", "learn_rate": 1e-3,
+                     "preview_sampler_name": "Nope"}, "sample sampler"),
+])
+def test_training_refusals_are_400_naming_the_field(http, train_data, path, body, field):
+    reply = http.post(path, json=body)
+    assert reply.status_code == 400, reply.text
+    assert field in json.dumps(reply.json())

@@ -121,3 +121,68 @@ def test_icons_are_drawn_without_an_emoji_font(page):
     for (a, ia), (b, ib) in itertools.combinations(shots.items(), 2):
         if ia.shape == ib.shape:
             assert (ia != ib).sum() > 10, f"the {a} and {b} icons look the same (a missing-glyph box?)"
+
+
+def _txt2img_pixels(page, prompt: str) -> np.ndarray:
+    page.click("#tab_txt2img-button")
+    page.fill("#txt2img_prompt textarea", prompt)
+    page.fill("#txt2img_seed input", "11")
+    generate(page)
+    return np.asarray(gallery_image(page))
+
+
+def _train_from_the_page(page, kind: str, name: str, folder) -> str:
+    """Fill the Train tab (name, folder; every other field as the page has it), train, watch the loss curve grow
+    and a sample appear; the final status line."""
+    page.click("#tab_train-button")
+    if kind != "LoRA":
+        page.get_by_label(kind).check()
+        page.wait_for_selector("#train_embedding_settings", state="visible")
+    page.fill("#train_name textarea, #train_name input", name)
+    page.fill("#train_folder textarea, #train_folder input", str(folder))
+    page.click("#train_preview_dataset")
+    page.wait_for_function("() => /20 images \\(20 with captions\\)/.test("
+                           "document.querySelector('#train_status').innerText)")
+    assert page.locator("#train_dataset img").count() == 20
+    page.click("#train_start")
+    page.wait_for_function("() => !/Trained/.test(document.querySelector('#train_status').innerText)")  # a new run
+    points = "() => +(document.querySelector('#train_loss_plot svg')?.dataset.points || 0)"
+    page.wait_for_function(f"() => ({points})() >= 2", timeout=120_000)
+    first = page.evaluate(points)
+    page.wait_for_function(f"() => ({points})() > {first} + 20", timeout=120_000)  # the curve updates
+    page.wait_for_selector("#train_sample img", timeout=120_000)  # the step-50 sample
+    page.wait_for_function("() => /Trained|failed/.test(document.querySelector('#train_status').innerText)",
+                           timeout=300_000)
+    assert page.evaluate(points) == 150
+    assert page.locator("#train_samples img").count() == 3  # steps 50, 100, 150
+    return page.inner_text("#train_status")
+
+
+def test_teach_the_demo_model_a_star_as_a_lora_and_a_word_then_use_them(page, demo_server, tmp_path):
+    from modules.training import shapes_world as world
+
+    stars = tmp_path / "stars"
+    world.concept_dataset(stars, 20, (world.STAR,), seed=9)
+    status = _train_from_the_page(page, "LoRA", "pagestar", stars)
+    assert "Trained pagestar.safetensors: step 150 of 150" in status, status
+    page.screenshot(path=str(REPO / "test-artifacts" / "train-lora.png"), full_page=True)
+    page.click("#tab_txt2img-button")
+    page.click("#txt2img_extra_networks")
+    page.get_by_role("tab", name="LoRA").first.click()
+    card = page.locator("#txt2img_en_lora .sd-card[data-name=pagestar]")
+    assert card.count() == 1 and card.locator("img").count() == 1  # a card with its sample as preview, no refresh
+    base = _txt2img_pixels(page, "a large star on a blue background")
+    assert np.array_equal(_txt2img_pixels(page, "a large star on a blue background <lora:pagestar:0>"), base)
+    assert not np.array_equal(_txt2img_pixels(page, "a large star on a blue background <lora:pagestar:1>"), base)
+
+    words = tmp_path / "words"
+    world.concept_dataset(words, 20, (world.STAR,), seed=10)
+    for text in words.glob("*.txt"):
+        text.write_text("zapword, " + text.read_text(encoding="utf-8"), encoding="utf-8")
+    status = _train_from_the_page(page, "Textual inversion (embedding)", "zapword", words)
+    assert "Trained zapword.safetensors: step 150 of 150" in status, status
+    page.screenshot(path=str(REPO / "test-artifacts" / "train-embedding.png"), full_page=True)
+    page.click("#tab_txt2img-button")
+    page.get_by_role("tab", name="Textual Inversion").first.click()
+    assert page.locator("#txt2img_en_textual .sd-card[data-name=zapword]").count() == 1
+    assert not np.array_equal(_txt2img_pixels(page, "zapword"), _txt2img_pixels(page, "a star"))

@@ -60,6 +60,7 @@ class UiContext:
     top_bar: object = None  # webui.top_bar.TopBar
     ui_config: object = None  # webui.ui_config.UiConfig (ui-config.json)
     restarter: object = None  # webui.restart.Restarter
+    card_panels: list = field(default_factory=list)  # webui.extra_networks.CardPanel per generation tab
 
     def tip(self, elem_id: str, text: str) -> str:
         """Register a tooltip for the element id and return the id (used inline as ``elem_id=ctx.tip(...)``)."""

@@ -13,6 +13,7 @@ import dataclasses
 import html
 import io
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,6 +221,15 @@ def _warning(text: str) -> str:
     return f'<div class="sd-warning">{html.escape(text)}</div>'
 
 
+@dataclass(frozen=True)
+class CardPanel:
+    """A tab's card boxes, for other tabs that add networks (``render(query)`` gives the boxes' HTML)."""
+
+    search: gr.Textbox
+    boxes: list
+    render: Callable[[str], list[str]]
+
+
 def build_panel(ctx: UiContext, target: str, prompt, negative_prompt) -> None:
     """Search box, refresh button and one tab of cards per section for the ``target`` tab's prompts, and the
     cards' metadata editor."""
@@ -247,6 +257,7 @@ def build_panel(ctx: UiContext, target: str, prompt, negative_prompt) -> None:
     search.change(render, search, list(sections.values()), trigger_mode="always_last", show_progress="hidden",
                   queue=False)
     refresh.click(lambda q: render(q, True), search, list(sections.values()))
+    ctx.card_panels.append(CardPanel(search, list(sections.values()), render))
 
     def lora_info(name: str):
         return next((i for i in ctx.state.networks.loras.items if i.name == name), None)

@@ -294,3 +294,64 @@ class ErrorResponse(BaseModel):
     error: str
     detail: str
     errors: list[dict[str, Any]] | None = None
+
+
+# --- training (A1111's create/embedding and train/embedding, and train/lora in the same style) -----------------------
+
+class CreateEmbeddingRequest(BaseModel):
+    name: str = Field(..., description="the word for prompts and the file name (letters, digits, '-', '_')")
+    init_text: str = Field("*", description="the vectors start as this text's token embeddings")
+    num_vectors_per_token: int = Field(1, ge=1, le=75)
+    overwrite_old: bool = False
+
+
+class TrainRequestBase(BaseModel):
+    """What both trainers take (A1111's names where it has them)."""
+
+    data_root: str = Field(..., description="a folder of images with .txt captions, inside the data folder or an "
+                                            "--allowed-output-roots root (relative: below the data folder)")
+    learn_rate: float | str = Field(..., description="one learning rate (A1111's step schedules are refused)")
+    batch_size: int = Field(1, ge=1, le=64)
+    steps: int = Field(100, ge=1, le=100_000)
+    training_width: int = Field(512, ge=64, le=2048, description="the training resolution (square; buckets keep "
+                                                                 "the area with varsize)")
+    training_height: int = Field(512, ge=64, le=2048, description="must equal training_width")
+    varsize: bool = Field(False, description="bucket images by aspect ratio instead of centre-cropping")
+    repeats: int = Field(1, ge=1, le=1000)
+    seed: int = 0
+    create_image_every: int = Field(0, ge=0, description="a sample image (the progress preview) every N steps")
+    preview_prompt: str = Field("", description="the sample's prompt; empty: the first caption")
+    preview_negative_prompt: str = ""
+    preview_steps: int = Field(20, ge=1, le=limits.MAX_STEPS)
+    preview_sampler_name: str = Field("DPM++ 2M", description="a sampler name from /samplers")
+    preview_cfg_scale: float = Field(7.0, ge=0, le=100)
+    preview_seed: int = 1
+
+
+class TrainEmbeddingRequest(TrainRequestBase):
+    embedding_name: str = Field(..., description="an embedding made by /create/embedding (its vector count and "
+                                                 "initialization text are used), or a new name")
+    learn_rate: float | str = "0.005"
+    num_vectors_per_token: int = Field(1, ge=1, le=75, description="for a new name only")
+    init_text: str = Field("*", description="for a new name only")
+
+
+class TrainLoraRequest(TrainRequestBase):
+    lora_name: str = Field(..., description="the new LoRA's file name in the LoRA folder")
+    learn_rate: float | str = Field(1e-3, description="the UNet's learning rate")
+    text_encoder_lr: float = Field(0.0, ge=0, description="0: the text encoders get no LoRA")
+    network_dim: int = Field(8, ge=1, le=256, description="the rank")
+    network_alpha: float = Field(8.0, gt=0)
+    min_snr_gamma: float = Field(0.0, ge=0, description="0: off")
+    activation_text: str = Field("", description="written into the card's metadata")
+
+
+class CreateResponse(BaseModel):
+    info: str
+
+
+class TrainResponse(BaseModel):
+    info: str
+    filename: str | None = None
+    step: int = 0
+    losses: list[float] = Field(default_factory=list, description="the loss of each step run by this request")

@@ -7,7 +7,8 @@ Folder layouts (kohya style, any mix):
   image has no caption file);
 * subfolders named ``<repeats>_<name>`` (``10_star``) repeat their images that many times per epoch.
 
-Images are resized so the shorter side is the training resolution and centre-cropped. The VAE latents of every
+Images are resized to cover the training size and centre-cropped: a square of the training resolution, or with
+aspect-ratio buckets (:mod:`modules.training.buckets`) the bucket nearest to the image's shape. The VAE latents of every
 image are computed once (posterior mean and std; a fresh latent is sampled each step), captions are encoded the
 way the generation path does (``modules.text_encoding``: 75-token chunk, BOS/EOS, padding per encoder, the
 family's hidden layer and final norm), and SDXL gets its added conditioning (pooled text, size/crop ids).
@@ -83,68 +84,97 @@ def tag_frequency(items: list[CaptionedImage]) -> dict[str, dict[str, int]]:
 
 @dataclass(frozen=True)
 class LoadedImage:
-    """Pixels in [-1, 1] as a (3, size, size) array, with SDXL's size-conditioning numbers."""
+    """Pixels in [-1, 1] as a (3, height, width) array, with SDXL's size-conditioning numbers."""
 
     pixels: np.ndarray
     original_size: tuple[int, int]  # (height, width) of the file
     crop_top_left: tuple[int, int]  # (top, left) of the crop, in the resized image
 
 
-def load_image(path: str | Path, resolution: int) -> LoadedImage:
-    """Open an image as RGB, resize its shorter side to ``resolution`` (Lanczos) and centre-crop a square."""
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) of an image file, read from its header."""
+    from PIL import Image
+
+    with Image.open(path) as opened:
+        return opened.size
+
+
+def load_image(path: str | Path, size: tuple[int, int]) -> LoadedImage:
+    """Open an image as RGB, scale it (Lanczos) to cover ``size`` = (width, height) and centre-crop to it."""
     from PIL import Image
 
     with Image.open(path) as opened:
         image = opened.convert("RGB")
     w, h = image.size
-    scale = resolution / min(w, h)
-    rw, rh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+    tw, th = size
+    scale = max(tw / w, th / h)
+    rw, rh = max(tw, round(w * scale)), max(th, round(h * scale))
     if (rw, rh) != (w, h):
         image = image.resize((rw, rh), Image.Resampling.LANCZOS)
-    left, top = (rw - resolution) // 2, (rh - resolution) // 2
-    image = image.crop((left, top, left + resolution, top + resolution))
+    left, top = (rw - tw) // 2, (rh - th) // 2
+    image = image.crop((left, top, left + tw, top + th))
     pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1) / 127.5 - 1.0
     return LoadedImage(pixels, (h, w), (top, left))
 
 
 @dataclass
 class LatentCache:
-    """VAE posterior means/stds (unscaled) of a dataset's images, one row per image, with their captions."""
+    """VAE posterior means/stds (unscaled) of a dataset's images, one row per image, with their captions.
 
-    mean: object  # torch.Tensor [N, C, h, w]
-    std: object
+    Rows may differ in size (aspect-ratio buckets): a batch takes rows of one bucket (:func:`bucket_groups`).
+    """
+
+    mean: list  # torch.Tensor [C, h, w] per row
+    std: list
     captions: list[str]
     time_ids: object  # torch.Tensor [N, 6] (SDXL size conditioning) — always filled, used only by SDXL
     scaling_factor: float
+    sizes: list[tuple[int, int]]  # (width, height) in pixels per row
 
     def sample(self, index, generator):
-        """Scaled latents for rows ``index`` (a fresh posterior sample)."""
+        """Scaled latents for rows ``index`` (one bucket; a fresh posterior sample)."""
         import torch
 
-        mean, std = self.mean[index], self.std[index]
+        rows = index.tolist()
+        mean = torch.stack([self.mean[i] for i in rows])
+        std = torch.stack([self.std[i] for i in rows])
         return (mean + std * torch.randn(mean.shape, generator=generator)) * self.scaling_factor
 
 
-def encode_images(vae, items: list[CaptionedImage], resolution: int, batch: int = 16) -> LatentCache:
-    """Encode every image once with ``vae`` (in float32 on the CPU, as the trainers run)."""
+def encode_images(vae, items: list[CaptionedImage], resolution: int, buckets: list[tuple[int, int]] | None = None,
+                  batch: int = 16) -> LatentCache:
+    """Encode every image once with ``vae``: each at its nearest bucket of ``buckets`` ((width, height) pairs, see
+    :mod:`modules.training.buckets`), or square at ``resolution`` without buckets."""
     import torch
 
-    means, stds, time_ids = [], [], []
+    from modules.training.buckets import nearest_bucket
+
+    sizes = [nearest_bucket(image_size(item.path), buckets) if buckets else (resolution, resolution)
+             for item in items]
+    mean, std, time_ids = [None] * len(items), [None] * len(items), [None] * len(items)
     with torch.no_grad():
-        for i in range(0, len(items), batch):
-            loaded = [load_image(item.path, resolution) for item in items[i:i + batch]]
-            x = torch.from_numpy(np.stack([img.pixels for img in loaded])).to(vae.device, vae.dtype)
-            dist = vae.encode(x).latent_dist
-            means.append(dist.mean.float().cpu())
-            stds.append(dist.std.float().cpu())
-            time_ids.extend([*img.original_size, *img.crop_top_left, resolution, resolution] for img in loaded)
-    return LatentCache(torch.cat(means), torch.cat(stds), [item.caption for item in items],
-                       torch.tensor(time_ids, dtype=torch.float32), float(vae.config.scaling_factor))
+        for size in sorted(set(sizes)):
+            rows = [i for i, s in enumerate(sizes) if s == size]
+            for start in range(0, len(rows), batch):
+                chunk = rows[start:start + batch]
+                loaded = [load_image(items[i].path, size) for i in chunk]
+                x = torch.from_numpy(np.stack([img.pixels for img in loaded])).to(vae.device, vae.dtype)
+                dist = vae.encode(x).latent_dist
+                for k, (i, img) in enumerate(zip(chunk, loaded, strict=True)):
+                    mean[i], std[i] = dist.mean[k].float().cpu(), dist.std[k].float().cpu()
+                    time_ids[i] = [*img.original_size, *img.crop_top_left, size[1], size[0]]
+    return LatentCache(mean, std, [item.caption for item in items], torch.tensor(time_ids, dtype=torch.float32),
+                       float(vae.config.scaling_factor), sizes)
 
 
 def repeated_indices(items: list[CaptionedImage]) -> list[int]:
     """Dataset rows with each image listed ``repeats`` times (what one epoch draws from)."""
     return [i for i, item in enumerate(items) for _ in range(item.repeats)]
+
+
+def bucket_groups(rows: list[int], sizes: list[tuple[int, int]]) -> list[list[int]]:
+    """``rows`` split by the size of their image (one group per bucket, in order of size)."""
+    return [[r for r in rows if sizes[r] == size] for size in sorted({sizes[r] for r in rows})]
 
 
 @dataclass(frozen=True)

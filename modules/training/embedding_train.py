@@ -22,18 +22,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from modules.training.datasets import CaptionTokenizer, encode_images, encode_text, repeated_indices, scan_folder
+from modules.training.datasets import CaptionTokenizer, encode_text, scan_folder
 from modules.training.lora_train import (
+    TrainObserver,
     base_model_metadata,
     batch_indices,
     diffusion_loss,
     load_for_training,
+    load_state,
     lr_factor,
-    model_resolution,
     noise_schedule,
     prepare_model,
     save_atomic,
     step_generator,
+    training_rows,
     write_safetensors_atomic,
 )
 
@@ -52,6 +54,8 @@ class EmbeddingConfig:
     seed: int = 0
     min_snr_gamma: float | None = None
     checkpoint_minutes: float = 5.0
+    buckets: bool = False  # aspect-ratio buckets (modules.training.buckets) instead of square crops
+    repeats: int = 1  # times each image counts per epoch, on top of a folder's own <repeats>_name
 
 
 def initial_vectors(model, tokenizer: CaptionTokenizer, word: str, count: int) -> list[torch.Tensor]:
@@ -93,14 +97,17 @@ def _metadata(model, cfg: EmbeddingConfig, name: str, step: int, images: int) ->
 
 
 def train_embedding(model, data: str | Path, out: str | Path, cfg: EmbeddingConfig,
-                    work_dir: str | Path | None = None, progress: bool = True) -> list[torch.Tensor]:
-    """Train the embedding named ``Path(out).stem`` for ``model`` (a float32 SDModel) and write ``out``.
+                    work_dir: str | Path | None = None, progress: bool = True,
+                    observer: TrainObserver | None = None) -> list[torch.Tensor]:
+    """Train the embedding named ``Path(out).stem`` for ``model`` and write ``out``.
 
-    Resumes from ``work_dir/state.pt`` when present. Returns the vectors (one tensor per text encoder).
+    Resumes from ``work_dir/state.pt`` when present; ``observer`` as for
+    :func:`~modules.training.lora_train.train_lora`. Returns the vectors (one tensor per text encoder).
     Raises ValueError when no caption contains the name.
     """
     from tqdm import tqdm
 
+    observer = observer or TrainObserver()
     out, work_dir = Path(out), Path(work_dir) if work_dir else None
     name = out.stem
     items = scan_folder(data)
@@ -110,29 +117,39 @@ def train_embedding(model, data: str | Path, out: str | Path, cfg: EmbeddingConf
         raise ValueError(f"no caption under {data} contains the embedding's name {name!r}")
     if mentions < len(items):
         print(f"warning: {len(items) - mentions} of {len(items)} captions do not contain {name!r}", file=sys.stderr)
-    resolution = model_resolution(model, cfg.resolution)
     torch.manual_seed(cfg.seed)
     prepare_model(model)
     vectors = [torch.nn.Parameter(v) for v in initial_vectors(model, tokenizer, cfg.init_word, cfg.vectors)]
     opt = torch.optim.AdamW(vectors, lr=cfg.lr, weight_decay=0.0)
     step = 0
     state_path = work_dir / "state.pt" if work_dir else None
-    if state_path and state_path.exists():
-        state = torch.load(state_path, weights_only=False)
+    if (state := load_state(state_path)) is not None:
         with torch.no_grad():
             for v, saved in zip(vectors, state["vectors"], strict=True):
                 v.copy_(saved)
         opt.load_state_dict(state["opt"])
-        step = state["step"]
+        step = int(state["step"])
         print(f"resumed at step {step}", file=sys.stderr)
-    cache = encode_images(model.vae, items, resolution)
+    cache, rows, _ = training_rows(model, items, cfg)
     alphas = noise_schedule(model)
-    rows = repeated_indices(items)
     last_save = time.time()
+
+    def save() -> None:
+        if state_path:
+            save_atomic({"vectors": [v.detach() for v in vectors], "opt": opt.state_dict(), "step": step,
+                         "config": json.dumps(asdict(cfg))}, state_path)
+        write_safetensors_atomic(embedding_tensors(model, vectors), _metadata(model, cfg, name, step, len(items)),
+                                 out)
+        observer.on_save(step)
+
     bar = tqdm(total=cfg.steps, initial=step, desc=f"embedding {name}", mininterval=10, file=sys.stderr,
                disable=not progress)
     losses = []
     while step < cfg.steps:
+        if observer.should_stop():
+            observer.stopped_at = step
+            save()
+            break
         index = batch_indices(rows, cfg.batch, cfg.seed, step)
         gen = step_generator(cfg.seed, step)
         latents = cache.sample(index, gen)
@@ -145,20 +162,17 @@ def train_embedding(model, data: str | Path, out: str | Path, cfg: EmbeddingConf
         opt.step()
         step += 1
         losses.append(loss.item())
+        observer.on_step(step, losses[-1])
         bar.update(1)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
             losses = []
-        if step == cfg.steps or time.time() - last_save > cfg.checkpoint_minutes * 60:
-            if state_path:
-                save_atomic({"vectors": [v.detach() for v in vectors], "opt": opt.state_dict(), "step": step,
-                             "config": asdict(cfg)}, state_path)
-            write_safetensors_atomic(embedding_tensors(model, vectors), _metadata(model, cfg, name, step, len(items)),
-                                     out)
+        if observer.save_due(step, last_save, cfg.steps, cfg.checkpoint_minutes):
+            save()
             last_save = time.time()
     bar.close()
     if not out.exists():  # resumed after the end
-        write_safetensors_atomic(embedding_tensors(model, vectors), _metadata(model, cfg, name, step, len(items)), out)
+        save()
     print(f"wrote {out} (step {step})", file=sys.stderr)
     return [v.detach() for v in vectors]
 

@@ -20,15 +20,18 @@ import json
 import math
 import sys
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from modules.training.buckets import bucket_sizes, size_step
 from modules.training.datasets import (
     CaptionTokenizer,
     LatentCache,
+    bucket_groups,
     encode_images,
     encode_text,
     repeated_indices,
@@ -57,6 +60,8 @@ class LoraConfig:
     min_snr_gamma: float | None = None
     checkpoint_minutes: float = 5.0
     comment: str = ""
+    buckets: bool = False  # aspect-ratio buckets (modules.training.buckets) instead of square crops
+    repeats: int = 1  # times each image counts per epoch, on top of a folder's own <repeats>_name
 
 
 # --------------------------------------------------------------------------- the network
@@ -77,7 +82,8 @@ class LoraModule(torch.nn.Module):
         self.rank, self.alpha, self.multiplier = rank, float(alpha), 1.0
 
     def hook(self, _module, inputs, output):
-        return output + self.up(self.down(inputs[0])) * (self.alpha / self.rank * self.multiplier)
+        delta = self.up(self.down(inputs[0].to(self.down.weight.dtype)))  # the pair stays float32 on a half model
+        return output + (delta * (self.alpha / self.rank * self.multiplier)).to(output.dtype)
 
 
 def _is_target(module: torch.nn.Module) -> bool:
@@ -150,8 +156,8 @@ class LoraNetwork(torch.nn.Module):
 # --------------------------------------------------------------------------- diffusion loss (shared with embeddings)
 
 def model_resolution(model, requested: int | None) -> int:
-    """The training resolution: ``requested``, else the UNet's native size (sample_size × 8)."""
-    return int(requested or model.unet.config.sample_size * 8)
+    """The training resolution: ``requested``, else the model's native size (its metadata's, else its family's)."""
+    return int(requested or max(model.native_size))
 
 
 def noise_schedule(model) -> torch.Tensor:
@@ -171,11 +177,13 @@ def diffusion_loss(model, latents: torch.Tensor, context: torch.Tensor, pooled: 
     a = alphas_cumprod[t].view(-1, 1, 1, 1)
     noisy = a.sqrt() * latents + (1 - a).sqrt() * noise
     target = a.sqrt() * noise - (1 - a).sqrt() * latents if model.spec.prediction == "v" else noise
+    device, dtype = model.unet.device, model.unet.dtype
     added = None
     if model.spec.unet.adm_in_channels is not None:
-        added = {"text_embeds": pooled, "time_ids": time_ids}
-    pred = model.unet(noisy, t, encoder_hidden_states=context, added_cond_kwargs=added).sample
-    loss = ((pred.float() - target) ** 2).mean(dim=(1, 2, 3))
+        added = {"text_embeds": pooled.to(device, dtype), "time_ids": time_ids.to(device, dtype)}
+    pred = model.unet(noisy.to(device, dtype), t.to(device), encoder_hidden_states=context.to(device, dtype),
+                      added_cond_kwargs=added).sample
+    loss = ((pred.float() - target.to(pred.device)) ** 2).mean(dim=(1, 2, 3)).cpu()
     if min_snr_gamma:
         snr = (a / (1 - a)).flatten()
         weight = torch.clamp(snr, max=min_snr_gamma) / (snr + 1 if model.spec.prediction == "v" else snr)
@@ -197,10 +205,51 @@ def lr_factor(step: int, warmup: int) -> float:
     return min(1.0, (step + 1) / max(1, warmup))
 
 
-def batch_indices(rows: list[int], batch: int, seed: int, step: int) -> torch.Tensor:
-    """The dataset rows of one step (random with replacement, reproducible from (seed, step) on resume)."""
+def batch_indices(groups: list[list[int]], batch: int, seed: int, step: int) -> torch.Tensor:
+    """The dataset rows of one step: a bucket drawn in proportion to its rows (when there are several), then rows of
+    it at random with replacement; reproducible from (seed, step) on resume."""
     rng = np.random.default_rng([seed, 21, step])
+    rows = groups[0]
+    if len(groups) > 1:
+        counts = np.array([len(g) for g in groups], dtype=np.float64)
+        rows = groups[int(rng.choice(len(groups), p=counts / counts.sum()))]
     return torch.tensor([rows[i] for i in rng.integers(len(rows), size=batch)])
+
+
+def training_rows(model, items, cfg) -> tuple[LatentCache, list[list[int]], int]:
+    """Encode a dataset for ``cfg`` (buckets, repeats, resolution): the latent cache, the rows grouped by bucket, and
+    the resolution."""
+    resolution = model_resolution(model, cfg.resolution)
+    buckets = bucket_sizes(resolution, size_step(model)) if cfg.buckets else None
+    cache = encode_images(model.vae, items, resolution, buckets)
+    rows = [r for r in repeated_indices(items) for _ in range(max(1, cfg.repeats))]
+    return cache, bucket_groups(rows, cache.sizes), resolution
+
+
+@dataclass
+class TrainObserver:
+    """What a caller of a trainer sees and steers: each step's loss, each save, and a stop request.
+
+    ``save_every``: also write the output (and the resume state) every that many steps; ``on_save(step)`` follows
+    each write. ``should_stop()`` is asked before every step: a stop writes both and ends the run early.
+    """
+
+    on_step: Callable[[int, float], None] = lambda step, loss: None
+    on_save: Callable[[int], None] = lambda step: None
+    should_stop: Callable[[], bool] = lambda: False
+    save_every: int = 0
+    stopped_at: int | None = field(default=None, init=False)  # the step a stop request ended the run at
+
+    def save_due(self, step: int, last_save: float, total: int, minutes: float) -> bool:
+        return (step == total or (self.save_every > 0 and step % self.save_every == 0)
+                or time.time() - last_save > minutes * 60)
+
+
+def load_state(path: Path | None) -> dict | None:
+    """A trainer's resume state (tensors, numbers and strings only), or None when there is none."""
+    if path is None or not path.exists():
+        return None
+    return torch.load(path, weights_only=True)
 
 
 def step_generator(seed: int, step: int) -> torch.Generator:
@@ -302,47 +351,61 @@ def _architecture(model) -> str:
 
 
 def train_lora(model, data: str | Path, out: str | Path, cfg: LoraConfig, work_dir: str | Path | None = None,
-               progress: bool = True) -> LoraNetwork:
-    """Train a LoRA for ``model`` (a float32 SDModel) on the captioned images under ``data``; write ``out``.
+               progress: bool = True, observer: TrainObserver | None = None) -> LoraNetwork:
+    """Train a LoRA for ``model`` on the captioned images under ``data``; write ``out``.
 
-    Resumes from ``work_dir/state.pt`` when present (same config). Returns the trained network, attached to the
-    model (``network.detach()`` removes it).
+    The base weights stay frozen in their dtype; the pairs train in float32. Resumes from ``work_dir/state.pt`` when
+    present (the same config; more steps may be asked). ``observer`` sees each step and save, and can stop the run
+    (the file and the state are written at that step). Returns the trained network, attached to the model
+    (``network.detach()`` removes it).
     """
     from tqdm import tqdm
 
+    observer = observer or TrainObserver()
     out, work_dir = Path(out), Path(work_dir) if work_dir else None
     items = scan_folder(data)
-    resolution = model_resolution(model, cfg.resolution)
     torch.manual_seed(cfg.seed)
     prepare_model(model)
-    network = LoraNetwork(lora_targets(model, bool(cfg.te_lr)), cfg.rank, cfg.alpha)
+    network = LoraNetwork(lora_targets(model, bool(cfg.te_lr)), cfg.rank, cfg.alpha).to(model.unet.device)
     groups = [{"params": network.parameters_of(unet=True), "lr": cfg.unet_lr, "base_lr": cfg.unet_lr}]
     if cfg.te_lr:
         groups.append({"params": network.parameters_of(unet=False), "lr": cfg.te_lr, "base_lr": cfg.te_lr})
     opt = torch.optim.AdamW(groups, weight_decay=0.01)
     step, started = 0, time.time()
     state_path = work_dir / "state.pt" if work_dir else None
-    if state_path and state_path.exists():
-        state = torch.load(state_path, weights_only=False)
+    if (state := load_state(state_path)) is not None:
         network.load_state_dict(state["network"])
         opt.load_state_dict(state["opt"])
-        step, started = state["step"], state["started"]
+        step, started = int(state["step"]), float(state["started"])
         _log(f"resumed at step {step}")
-    _log(f"{len(items)} images, {len(network.pairs)} LoRA modules, {sum(p.numel() for p in network.parameters()):,} "
-         f"parameters, resolution {resolution}, {cfg.steps} steps of batch {cfg.batch}")
-    cache = encode_images(model.vae, items, resolution)
+    cache, rows, resolution = training_rows(model, items, cfg)
+    _log(f"{len(items)} images in {len(rows)} bucket(s), {len(network.pairs)} LoRA modules, "
+         f"{sum(p.numel() for p in network.parameters()):,} parameters, resolution {resolution}, {cfg.steps} steps "
+         f"of batch {cfg.batch}")
     tokenizer = CaptionTokenizer(model)
     fixed = None
     if not cfg.te_lr:  # frozen text encoders: encode every caption once
         with torch.no_grad():
             fixed = encode_text(model, tokenizer(cache.captions))
     alphas = noise_schedule(model)
-    rows = repeated_indices(items)
     network.attach()
     last_save = time.time()
+
+    def save() -> None:
+        if state_path:
+            save_atomic({"network": network.state_dict(), "opt": opt.state_dict(), "step": step,
+                         "started": started, "config": json.dumps(asdict(cfg))}, state_path)
+        write_safetensors_atomic(network.kohya_state(), _lora_metadata(model, cfg, items, out, step, started,
+                                                                       resolution), out)
+        observer.on_save(step)
+
     bar = tqdm(total=cfg.steps, initial=step, desc="lora", mininterval=10, file=sys.stderr, disable=not progress)
     losses = []
     while step < cfg.steps:
+        if observer.should_stop():
+            observer.stopped_at = step
+            save()
+            break
         index = batch_indices(rows, cfg.batch, cfg.seed, step)
         gen = step_generator(cfg.seed, step)
         latents = cache.sample(index, gen)
@@ -356,21 +419,17 @@ def train_lora(model, data: str | Path, out: str | Path, cfg: LoraConfig, work_d
         opt.step()
         step += 1
         losses.append(loss.item())
+        observer.on_step(step, losses[-1])
         bar.update(1)
         if step % 50 == 0:
             bar.set_postfix(loss=f"{np.mean(losses):.4f}")
             losses = []
-        if step == cfg.steps or time.time() - last_save > cfg.checkpoint_minutes * 60:
-            if state_path:
-                save_atomic({"network": network.state_dict(), "opt": opt.state_dict(), "step": step,
-                             "started": started, "config": asdict(cfg)}, state_path)
-            write_safetensors_atomic(network.kohya_state(), _lora_metadata(model, cfg, items, out, step, started,
-                                                                           resolution), out)
+        if observer.save_due(step, last_save, cfg.steps, cfg.checkpoint_minutes):
+            save()
             last_save = time.time()
     bar.close()
     if step == cfg.steps and not out.exists():  # resumed after the end: write the file once more
-        write_safetensors_atomic(network.kohya_state(), _lora_metadata(model, cfg, items, out, step, started,
-                                                                       resolution), out)
+        save()
     _log(f"wrote {out} (step {step})")
     return network
 
