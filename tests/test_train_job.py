@@ -183,3 +183,36 @@ def test_embedding_from_uploads_learns_its_word(root, tmp_path):
     dataset = root / "data" / "train" / "embedding" / "zorkle" / "dataset"
     assert sorted(p.name for p in dataset.iterdir()) == sorted(
         [f"img{i}.png" for i in range(4)] + [f"img{i}.txt" for i in range(4)])
+
+
+def test_gradient_checkpointing_trains_the_same_weights_and_is_off_afterwards(root):
+    state = new_state(root)
+    for name, checkpointing in (("plain", False), ("recomputed", True)):
+        params = lora_params(name, steps=3)
+        params = TrainParams("lora", name, folder="star", lora=LoraConfig(
+            **{**params.lora.__dict__, "gradient_checkpointing": checkpointing}), sample=params.sample)
+        submit_training(state, params)[0].wait()
+    assert not state.models.current.unet.is_gradient_checkpointing
+    plain, recomputed = (tensors(root / "models" / "Lora" / f"{n}.safetensors") for n in ("plain", "recomputed"))
+    assert all(torch.allclose(plain[k].float(), recomputed[k].float(), atol=1e-3) for k in plain)
+
+
+def test_automatic_rates_follow_the_models_size(root):
+    from types import SimpleNamespace
+
+    from diffusers import UNet2DConditionModel
+
+    from modules.models.builders import build_on_meta
+    from modules.training.train_job import with_rates
+
+    state = new_state(root)
+    auto = TrainParams("lora", "auto", lora=LoraConfig(unet_lr=0.0, te_lr=0.0),
+                       embedding=EmbeddingConfig(lr=0.0))
+    small = with_rates(auto, state.models.current)
+    assert (small.lora.unet_lr, small.lora.te_lr, small.embedding.lr) == (5e-3, 1e-3, 2e-2)
+    sd15 = SimpleNamespace(unet=build_on_meta(lambda: UNet2DConditionModel(
+        block_out_channels=[320, 640, 1280, 1280], cross_attention_dim=768)))  # 860 M parameters, no memory
+    full = with_rates(auto, sd15)
+    assert (full.lora.unet_lr, full.lora.te_lr, full.embedding.lr) == (1e-4, 5e-5, 5e-3)
+    chosen = with_rates(TrainParams("lora", "x", lora=LoraConfig(unet_lr=3e-3, te_lr=None)), sd15)
+    assert (chosen.lora.unet_lr, chosen.lora.te_lr) == (3e-3, None)  # typed rates and "off" stay

@@ -126,14 +126,15 @@ def test_icons_are_drawn_without_an_emoji_font(page):
 def _txt2img_pixels(page, prompt: str) -> np.ndarray:
     page.click("#tab_txt2img-button")
     page.fill("#txt2img_prompt textarea", prompt)
-    page.fill("#txt2img_seed input", "11")
-    generate(page)
+    page.fill("#txt2img_seed input", "12")
+    info = generate(page)
+    assert ('Lora hashes: "pagestar: ' in info) == ("<lora:pagestar:" in prompt), info
     return np.asarray(gallery_image(page))
 
 
-def _train_from_the_page(page, kind: str, name: str, folder) -> str:
+def _train_from_the_page(page, kind: str, name: str, folder, while_training=None) -> str:
     """Fill the Train tab (name, folder; every other field as the page has it), train, watch the loss curve grow
-    and a sample appear; the final status line."""
+    (then run ``while_training(page)``, which ends back on the Train tab) and a sample appear; the final status."""
     page.click("#tab_train-button")
     if kind != "LoRA":
         page.get_by_label(kind).check()
@@ -150,6 +151,8 @@ def _train_from_the_page(page, kind: str, name: str, folder) -> str:
     page.wait_for_function(f"() => ({points})() >= 2", timeout=120_000)
     first = page.evaluate(points)
     page.wait_for_function(f"() => ({points})() > {first} + 20", timeout=120_000)  # the curve updates
+    if while_training is not None:
+        while_training(page)
     page.wait_for_selector("#train_sample img", timeout=120_000)  # the step-50 sample
     page.wait_for_function("() => /Trained|failed/.test(document.querySelector('#train_status').innerText)",
                            timeout=300_000)
@@ -163,17 +166,27 @@ def test_teach_the_demo_model_a_star_as_a_lora_and_a_word_then_use_them(page, de
 
     stars = tmp_path / "stars"
     world.concept_dataset(stars, 20, (world.STAR,), seed=9)
-    status = _train_from_the_page(page, "LoRA", "pagestar", stars)
-    assert "Trained pagestar.safetensors: step 150 of 150" in status, status
+    def generation_waits_and_shows_the_training(page):
+        page.click("#tab_txt2img-button")
+        page.fill("#txt2img_prompt textarea", "a small red circle on a white background")
+        page.click("#txt2img_generate")
+        page.wait_for_function("() => /now running: Training lora pagestar: step \\d+\\/150/.test("
+                               "document.querySelector('#txt2img_progress').innerText)")
+        page.click("#tab_train-button")
+
+    status = _train_from_the_page(page, "LoRA", "pagestar", stars, generation_waits_and_shows_the_training)
+    assert "Trained pagestar.safetensors: step 150 of 150 (UNet learning rate 0.005, text encoder 0.001)" in status
     page.screenshot(path=str(REPO / "test-artifacts" / "train-lora.png"), full_page=True)
     page.click("#tab_txt2img-button")
     page.click("#txt2img_extra_networks")
     page.get_by_role("tab", name="LoRA").first.click()
     card = page.locator("#txt2img_en_lora .sd-card[data-name=pagestar]")
     assert card.count() == 1 and card.locator("img").count() == 1  # a card with its sample as preview, no refresh
-    base = _txt2img_pixels(page, "a large star on a blue background")
-    assert np.array_equal(_txt2img_pixels(page, "a large star on a blue background <lora:pagestar:0>"), base)
-    assert not np.array_equal(_txt2img_pixels(page, "a large star on a blue background <lora:pagestar:1>"), base)
+    prompt = "a large red star on a blue background"
+    base = _txt2img_pixels(page, prompt)
+    assert np.array_equal(_txt2img_pixels(page, f"{prompt} <lora:pagestar:0>"), base)
+    taught = _txt2img_pixels(page, f"{prompt} <lora:pagestar:1>")
+    assert np.abs(taught.astype(int) - base).mean() > 2  # visibly changed
 
     words = tmp_path / "words"
     world.concept_dataset(words, 20, (world.STAR,), seed=10)

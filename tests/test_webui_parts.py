@@ -40,3 +40,16 @@ def test_queue_text_only_when_jobs_are_ahead():
     assert "Waiting" not in progress_html(waiting, 1)  # first in line: it starts now
     assert "Waiting in queue: 1 job ahead" in progress_html(waiting, 2)
     assert "Waiting in queue: 3 jobs ahead" in progress_html(waiting, 4)
+
+
+def test_a_waiting_job_shows_what_runs_ahead_of_it():
+    import time
+
+    running = JobProgress()
+    running.begin(150, 1)
+    running.started = time.perf_counter() - 10
+    running.step, running.textinfo = 50, "Training lora mystar: step 50/150, loss 0.0300"
+    text = progress_html(JobProgress(), 2, running)
+    assert "Waiting in queue: 1 job ahead · now running: Training lora mystar: step 50/150" in text
+    assert "ETA 20s" in text
+    assert "now running" not in progress_html(JobProgress(), 1, running)  # its own turn: its own steps

@@ -24,7 +24,7 @@ from webui.context import UiContext
 from webui.generation_tab import OUTPUT_HEIGHT, POLL_SECONDS, is_local, open_in_file_browser
 from webui.icons import icon_button
 from webui.notices import user_error, user_warning
-from webui.progress_html import info_html, progress_html
+from webui.progress_html import info_html, job_progress_html
 
 KIND = "extras"
 MODES = ("single", "batch", "folder")  # the sub-tabs: Single Image, Batch Process, Batch from Directory
@@ -227,10 +227,10 @@ def _run(ctx: UiContext, tab: ExtrasTab, values: dict, request: gr.Request):
         yield {tab.info: info_html("", error=str(e)), tab.progress: ""}
         return
     out.job = job
-    yield {tab.info: "", tab.progress: progress_html(job.progress, ctx.state.queue.position(job))}
+    yield {tab.info: "", tab.progress: job_progress_html(ctx.state.queue, job)}
     shown = 0
     while not job.done:
-        frame = {tab.progress: progress_html(job.progress, ctx.state.queue.position(job))}
+        frame = {tab.progress: job_progress_html(ctx.state.queue, job)}
         if len(job.progress.images) != shown:
             shown = len(job.progress.images)
             frame[tab.gallery] = gr.update(value=list(job.progress.images), selected_index=0)

@@ -14,7 +14,7 @@ from webui import script_controls
 from webui.context import UiContext
 from webui.notices import user_warning
 from webui.params_fields import build_params
-from webui.progress_html import info_html, progress_html
+from webui.progress_html import info_html, job_progress_html
 
 POLL_SECONDS = 0.25
 INTRO = ("Process images in a folder on the computer the server runs on (a browser on another computer: only inside "
@@ -92,7 +92,7 @@ def run(ctx: UiContext, tab, data: dict, request: gr.Request, script_ui):
             out.job = job
             while not job.done:
                 line = f"Image {batch.done + 1}/{len(plan.images)}: {batch.current}"
-                bar = progress_html(job.progress, state.queue.position(job))
+                bar = job_progress_html(state.queue, job)
                 yield {tab.progress: f'<div class="sd-note">{line}</div>{bar}'}
                 job.wait_done(POLL_SECONDS)
             yield {tab.gallery: gr.update(value=batch.result.images + list(job.progress.images))}

@@ -25,7 +25,7 @@ from modules.models.safetensors_file import ModelFileError, read_shapes
 from webui.context import UiContext
 from webui.generation_tab import POLL_SECONDS
 from webui.icons import icon_button
-from webui.progress_html import progress_html
+from webui.progress_html import job_progress_html
 from webui.top_bar import checkpoint_choices
 
 KIND = "modelmerger"
@@ -156,7 +156,7 @@ def build(ctx: UiContext) -> None:
             return
         ctx.outputs.get(request.session_hash, KIND).job = job
         while not job.done:
-            yield [progress_html(job.progress, state.queue.position(job)), *[gr.skip()] * len(lists)]
+            yield [job_progress_html(state.queue, job), *[gr.skip()] * len(lists)]
             job.wait_done(POLL_SECONDS)
         try:
             outcome = job.wait()

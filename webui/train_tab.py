@@ -25,12 +25,14 @@ from modules.training.train_job import (
 )
 from webui.context import UiContext
 from webui.generation_tab import POLL_SECONDS, is_local
-from webui.progress_html import progress_html
+from webui.progress_html import job_progress_html
 
 KIND = "train"
 KIND_LABELS = {"LoRA": LORA, "Textual inversion (embedding)": EMBEDDING}
 PREVIEW_LIMIT = 24  # images shown in the dataset preview
 THUMB = 256
+AUTOMATIC_RATES = ("0 picks a rate for the loaded model: for a small UNet like the bundled model's, UNet 5e-3, text "
+                   "encoder 1e-3, embedding 2e-2; for a full-size one 1e-4, 5e-5 and 5e-3")
 
 
 @dataclass
@@ -44,9 +46,11 @@ class _Controls:
     resolution: gr.Number
     repeats: gr.Number
     buckets: gr.Checkbox
+    checkpointing: gr.Checkbox
     rank: gr.Number
     alpha: gr.Number
     unet_lr: gr.Number
+    train_te: gr.Checkbox
     te_lr: gr.Number
     min_snr_gamma: gr.Number
     init_text: gr.Textbox
@@ -70,9 +74,11 @@ def params_from(values: dict) -> TrainParams:
     kind = KIND_LABELS.get(v["kind"], v["kind"])
     resolution = int(v["resolution"] or 0) or None
     common = {"steps": int(v["steps"]), "batch": int(v["batch"]), "seed": int(v["seed"]), "resolution": resolution,
-              "repeats": int(v["repeats"]), "buckets": bool(v["buckets"])}
+              "repeats": int(v["repeats"]), "buckets": bool(v["buckets"]),
+              "gradient_checkpointing": bool(v["checkpointing"])}
     lora = LoraConfig(rank=int(v["rank"]), alpha=float(v["alpha"]), unet_lr=float(v["unet_lr"]),
-                      te_lr=float(v["te_lr"]) or None, min_snr_gamma=float(v["min_snr_gamma"]) or None, **common)
+                      te_lr=float(v["te_lr"]) if v["train_te"] else None,
+                      min_snr_gamma=float(v["min_snr_gamma"]) or None, **common)
     embedding = EmbeddingConfig(vectors=int(v["vectors"]), init_word=v["init_text"] or "*",
                                 lr=float(v["embedding_lr"]), **common)
     uploads = tuple(str(getattr(f, "name", f)) for f in (v["uploads"] or ()))
@@ -105,11 +111,17 @@ def _controls(ctx: UiContext) -> tuple[_Controls, gr.Group, gr.Group, gr.Button]
         buckets = gr.Checkbox(True, label="Bucket by aspect ratio", elem_id=ctx.tip(
             "train_buckets", "Train each image at the size of about the same area nearest to its shape, "
                              "instead of a centre crop"))
+        checkpointing = gr.Checkbox(False, label="Gradient checkpointing", elem_id=ctx.tip(
+            "train_gradient_checkpointing", "Recompute the UNet's activations in the backward pass: much less "
+                                            "memory for a full-size model, about a third slower"))
     with gr.Group(visible=True, elem_id="train_lora_settings") as lora_group, gr.Row():
         rank = gr.Number(8, label="Rank (dim)", precision=0, minimum=1, elem_id="train_rank")
         alpha = gr.Number(8.0, label="Alpha", minimum=0, elem_id="train_alpha")
-        unet_lr = gr.Number(2e-3, label="UNet learning rate", minimum=0, elem_id="train_unet_lr")
-        te_lr = gr.Number(0.0, label="Text encoder learning rate (0: off)", minimum=0, elem_id="train_te_lr")
+        unet_lr = gr.Number(0.0, label="UNet learning rate (0: automatic)", minimum=0, elem_id=ctx.tip(
+            "train_unet_lr", AUTOMATIC_RATES))
+        train_te = gr.Checkbox(True, label="Train the text encoder", elem_id="train_train_te")
+        te_lr = gr.Number(0.0, label="Text encoder learning rate (0: automatic)", minimum=0, elem_id=ctx.tip(
+            "train_te_lr", AUTOMATIC_RATES))
         snr = gr.Number(0.0, label="Min-SNR gamma (0: off)", minimum=0, elem_id=ctx.tip(
             "train_min_snr", "Weights the loss by min(SNR, gamma): often 5"))
     with gr.Group(visible=False, elem_id="train_embedding_settings") as embedding_group, gr.Row():
@@ -117,7 +129,8 @@ def _controls(ctx: UiContext) -> tuple[_Controls, gr.Group, gr.Group, gr.Button]
             "train_init_text", "The vectors start as this text's token embeddings"))
         vectors = gr.Number(defaults_emb.vectors, label="Vectors per token", precision=0, minimum=1,
                             elem_id="train_vectors")
-        emb_lr = gr.Number(2e-2, label="Learning rate", minimum=0, elem_id="train_embedding_lr")
+        emb_lr = gr.Number(0.0, label="Learning rate (0: automatic)", minimum=0, elem_id=ctx.tip(
+            "train_embedding_lr", AUTOMATIC_RATES))
     with gr.Row():
         steps = gr.Number(150, label="Steps", precision=0, minimum=1, elem_id="train_steps")
         batch = gr.Number(4, label="Batch size", precision=0, minimum=1, elem_id="train_batch")
@@ -131,9 +144,9 @@ def _controls(ctx: UiContext) -> tuple[_Controls, gr.Group, gr.Group, gr.Button]
         activation = gr.Textbox(label="Activation text", elem_id=ctx.tip(
             "train_activation_text", "Added to the prompt with the LoRA when its card is clicked"))
         description = gr.Textbox(label="Description", elem_id="train_description")
-    controls = _Controls(kind, name, folder, uploads, resolution, repeats, buckets, rank, alpha, unet_lr, te_lr,
-                         snr, init, vectors, emb_lr, steps, batch, seed, sample_prompt, sample_every, activation,
-                         description)
+    controls = _Controls(kind, name, folder, uploads, resolution, repeats, buckets, checkpointing, rank, alpha, unet_lr,
+                         train_te, te_lr, snr, init, vectors, emb_lr, steps, batch, seed, sample_prompt, sample_every,
+                         activation, description)
     return controls, lora_group, embedding_group, check
 
 
@@ -199,7 +212,7 @@ def build(ctx: UiContext) -> None:
     def frames(run, job) -> list:
         latest = _enlarged(run.samples[-1][1]) if run.samples else gr.skip()
         gallery = [(img, f"step {step}") for step, img in run.samples] if run.samples else gr.skip()
-        return [progress_html(job.progress, state.queue.position(job)), loss_svg(list(run.losses)), latest,
+        return [job_progress_html(state.queue, job), loss_svg(list(run.losses)), latest,
                 gallery]
 
     def run_training(data: dict, request: gr.Request):

@@ -50,7 +50,7 @@ def _common(req: m.TrainRequestBase) -> dict:
         raise ApiError(400, "training_height", "training is square: training_height must equal training_width "
                                                "(set varsize for images of other shapes)")
     return {"steps": req.steps, "batch": req.batch_size, "seed": req.seed, "resolution": req.training_width,
-            "repeats": req.repeats, "buckets": req.varsize}
+            "repeats": req.repeats, "buckets": req.varsize, "gradient_checkpointing": req.gradient_checkpointing}
 
 
 def _sample(req: m.TrainRequestBase) -> SampleSettings:

@@ -56,6 +56,7 @@ class EmbeddingConfig:
     checkpoint_minutes: float = 5.0
     buckets: bool = False  # aspect-ratio buckets (modules.training.buckets) instead of square crops
     repeats: int = 1  # times each image counts per epoch, on top of a folder's own <repeats>_name
+    gradient_checkpointing: bool = False  # recompute UNet activations in the backward pass: less memory, slower
 
 
 def initial_vectors(model, tokenizer: CaptionTokenizer, word: str, count: int) -> list[torch.Tensor]:
@@ -118,7 +119,7 @@ def train_embedding(model, data: str | Path, out: str | Path, cfg: EmbeddingConf
     if mentions < len(items):
         print(f"warning: {len(items) - mentions} of {len(items)} captions do not contain {name!r}", file=sys.stderr)
     torch.manual_seed(cfg.seed)
-    prepare_model(model)
+    prepare_model(model, cfg.gradient_checkpointing)
     vectors = [torch.nn.Parameter(v) for v in initial_vectors(model, tokenizer, cfg.init_word, cfg.vectors)]
     opt = torch.optim.AdamW(vectors, lr=cfg.lr, weight_decay=0.0)
     step = 0

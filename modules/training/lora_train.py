@@ -62,6 +62,7 @@ class LoraConfig:
     comment: str = ""
     buckets: bool = False  # aspect-ratio buckets (modules.training.buckets) instead of square crops
     repeats: int = 1  # times each image counts per epoch, on top of a folder's own <repeats>_name
+    gradient_checkpointing: bool = False  # recompute UNet activations in the backward pass: less memory, slower
 
 
 # --------------------------------------------------------------------------- the network
@@ -191,13 +192,24 @@ def diffusion_loss(model, latents: torch.Tensor, context: torch.Tensor, pooled: 
     return loss.mean()
 
 
-def prepare_model(model) -> None:
-    """Freeze every base weight and switch the modules to training mode (dropout stays off in SD models)."""
+def prepare_model(model, gradient_checkpointing: bool = False) -> None:
+    """Freeze every base weight and switch the modules to training mode (dropout stays off in SD models);
+    optionally turn on the UNet's gradient checkpointing (:func:`release_model` undoes both)."""
     for module in (model.unet, model.vae, *model.text_encoders):
         module.requires_grad_(False)
     model.unet.train()
     for encoder in model.text_encoders:
         encoder.train()
+    if gradient_checkpointing:
+        model.unet.enable_gradient_checkpointing()
+
+
+def release_model(model) -> None:
+    """Back to inference after training in place: evaluation mode, no gradient checkpointing."""
+    for module in (model.unet, *model.text_encoders):
+        module.eval()
+    if model.unet.is_gradient_checkpointing:
+        model.unet.disable_gradient_checkpointing()
 
 
 def lr_factor(step: int, warmup: int) -> float:
@@ -365,7 +377,7 @@ def train_lora(model, data: str | Path, out: str | Path, cfg: LoraConfig, work_d
     out, work_dir = Path(out), Path(work_dir) if work_dir else None
     items = scan_folder(data)
     torch.manual_seed(cfg.seed)
-    prepare_model(model)
+    prepare_model(model, cfg.gradient_checkpointing)
     network = LoraNetwork(lora_targets(model, bool(cfg.te_lr)), cfg.rank, cfg.alpha).to(model.unet.device)
     groups = [{"params": network.parameters_of(unet=True), "lr": cfg.unet_lr, "base_lr": cfg.unet_lr}]
     if cfg.te_lr:
@@ -461,12 +473,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint-minutes", type=float, default=LoraConfig.checkpoint_minutes)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="less memory, slower steps")
     parser.add_argument("--comment", default="")
     args = parser.parse_args(argv)
     cfg = LoraConfig(rank=args.rank, alpha=args.alpha, unet_lr=args.unet_lr, te_lr=args.te_lr, steps=args.steps,
                      batch=args.batch, resolution=args.resolution, warmup=args.warmup, seed=args.seed,
                      min_snr_gamma=args.min_snr_gamma, checkpoint_minutes=args.checkpoint_minutes,
-                     comment=args.comment)
+                     comment=args.comment, gradient_checkpointing=args.gradient_checkpointing)
     model = load_for_training(args.ckpt, args.threads)
     train_lora(model, args.data, args.out, cfg, args.work_dir or Path("runs/train") / args.out.stem)
 
