@@ -11,6 +11,7 @@ from .hashing import HashCache
 from .hooks import HookRegistry
 from .job_queue import JobQueue
 from .models.catalog import CheckpointCatalog, CheckpointInfo, VaeCatalog
+from .models.compile import CompileSettings, compile_unet
 from .models.failures import CheckpointFailures
 from .upscaling.upscale import Upscalers
 from .models.manager import ModelManager
@@ -56,12 +57,28 @@ def create_state(options: LaunchOptions) -> AppState:
     embedding_dirs = [options.embeddings_dir, options.ckpt_dir.parent / "embeddings"]
     networks = ActiveNetworks(options.lora_dir, embedding_dirs, hashes, options.allow_pickle)
     models.on_released.append(networks.forget)
+    if options.compile:
+        models.on_loaded.append(unet_compiler(options.cache_dir / "torchinductor", plan))
     models.on_loaded.append(lambda model: hashes.prefetch(model.source) if model.source.is_file() else None)
     failures = CheckpointFailures(options.data_dir / "checkpoint-failures.json")
     half = plan.device != "cpu" and not options.no_half  # fp16 where the model supports it, as A1111 on a GPU
     upscalers = Upscalers(options.upscaler_folders, plan.device, options.allow_pickle, half)
     return AppState(options, plan, hashes, checkpoints, vaes, models, settings, HookRegistry(), networks, JobQueue(),
                     failures, upscalers)
+
+
+def unet_compiler(cache_dir: Path, plan: DevicePlan):
+    """``--compile``: the callback that compiles each loaded model's UNet (not while components are offloaded:
+    their block hooks move weights, which a compiled graph would not see)."""
+    settings = CompileSettings(cache_dir)
+
+    def compile_loaded(model) -> None:
+        if plan.offload != "none":
+            log.warning("--compile has no effect with --medvram/--lowvram: the UNet runs uncompiled")
+            return
+        compile_unet(model.unet, settings)
+
+    return compile_loaded
 
 
 def default_checkpoint(state: AppState) -> CheckpointInfo | None:

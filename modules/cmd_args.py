@@ -198,6 +198,14 @@ class LaunchOptions:
     disable_all_extensions: bool = False  # --disable-all-extensions: load none of extensions/
     medvram_sdxl: bool = False  # --medvram only while an SDXL model is loaded
     compat_notes: tuple[str, ...] = ()  # one line per given A1111 flag that has no effect here (logged at start)
+    workers: int | None = None  # --workers: generation workers on Ray (None: jobs run in the app's process)
+    ray_address: str | None = None  # --ray-address: the Ray cluster to join (None: a local one with --workers)
+    compile: bool = False  # --compile: torch.compile the UNet (modules/models/compile.py)
+
+    @property
+    def uses_workers(self) -> bool:
+        """Whether generation runs on Ray workers (``--workers`` or ``--ray-address``)."""
+        return self.workers is not None or self.ray_address is not None
 
     @property
     def upscaler_folders(self) -> dict[str, Path]:
@@ -360,6 +368,10 @@ def build_parser(root: Path = REPO_ROOT, commands: Mapping[str, str] | None = No
     compute.add_argument("--precision", choices=PRECISIONS, default="autocast",
                          help="autocast: compute in half precision where safe; full: compute in the weights' dtype "
                          "(default: autocast)")
+    compute.add_argument("--compile", action="store_true",
+                         help="compile the UNet with torch.compile (inductor): faster steps after a first step that "
+                         "compiles, once per image size; compiled code is cached in the data folder for the next "
+                         "start. Falls back to the uncompiled UNet with a warning where compiling fails")
     compute.add_argument("--device", type=_device, default="auto",
                          help="auto, cpu, cuda, cuda:N or mps (default: auto = CUDA, then MPS, then CPU)")
     compute.add_argument("--device-id", type=_device_id, default=None, metavar="N",
@@ -406,6 +418,13 @@ def build_parser(root: Path = REPO_ROOT, commands: Mapping[str, str] | None = No
     server.add_argument("--remote-max-steps", type=_positive, default=None, metavar="N",
                         help="refuse jobs over N sampling steps from clients on other machines (default: no cap)")
 
+    workers = parser.add_argument_group("generation workers (Ray; docs/workers.md)")
+    workers.add_argument("--workers", type=_positive, default=None, metavar="N",
+                         help="run generation jobs on N workers: a local Ray instance, one GPU each (CPU workers "
+                              "without GPUs); with --ray-address: how many to start on that cluster")
+    workers.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                         help="run generation jobs on the Ray cluster at ADDRESS (host:6379 of `ray start --head`), "
+                              "one worker per GPU unless --workers says how many")
     compat = parser.add_argument_group("A1111 flags accepted for compatibility",
                                        "They have no effect here; each one given logs a line saying why.")
     for flag in COMPAT_FLAGS:
@@ -488,7 +507,10 @@ def options_from_namespace(ns: argparse.Namespace) -> LaunchOptions:
         settings_file=ns.ui_settings_file,
         styles_file=ns.styles_file,
         disable_all_extensions=ns.disable_all_extensions,
+        compile=ns.compile,
         compat_notes=compat_notes(ns),
+        workers=ns.workers,
+        ray_address=ns.ray_address,
         server=ServerOptions(
             port=ns.port, listen=ns.listen, server_name=ns.server_name, share=ns.share, gradio_auth=ns.gradio_auth,
             gradio_auth_path=ns.gradio_auth_path, api=ns.api or ns.nowebui, api_auth=ns.api_auth,

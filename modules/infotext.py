@@ -274,6 +274,9 @@ _SETTING_KEYS: tuple[tuple[str, str, Callable[[object], object]], ...] = (
     ("emphasis", "Emphasis", str),
     ("s_min_uncond", "NGMS", float),
     ("s_min_uncond_all", "NGMS all steps", _as_bool_true),
+    ("token_merging_ratio", "Token merging", float),  # the issue's short spelling, read too
+    ("token_merging_ratio", "Token merging ratio", float),  # A1111's key, written (the last entry for a setting)
+    ("token_merging_ratio_hr", "Token merging ratio hr", float),
 )
 SETTING_INFOTEXT_KEYS = {setting: key for setting, key, _ in _SETTING_KEYS}
 

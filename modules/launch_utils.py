@@ -296,6 +296,12 @@ COMMANDS: Mapping[str, Command] = MappingProxyType({
 })
 
 
+def command_extras(command: Command, options: LaunchOptions) -> tuple[str, ...]:
+    """The optional-dependency groups to install: the command's, plus ``cluster`` (Ray) for the web UI with
+    ``--workers`` or ``--ray-address``."""
+    return (*command.extras, "cluster") if command is APP and options.uses_workers else command.extras
+
+
 def main(argv: Sequence[str], script: Path) -> int:
     """Everything ``launch.py`` does; returns the exit status."""
     invocation = parse_command_line(argv, REPO_ROOT, commands={name: c.help for name, c in COMMANDS.items()})
@@ -307,7 +313,7 @@ def main(argv: Sequence[str], script: Path) -> int:
         if invocation.options.skip_install:
             log("--skip-install: not checking dependencies")
         else:
-            prepare_environment(REPO_ROOT, command.extras, os.environ)
+            prepare_environment(REPO_ROOT, command_extras(command, invocation.options), os.environ)
     except LaunchError as e:
         log(f"error: {e}")
         return 1

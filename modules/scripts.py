@@ -380,4 +380,9 @@ def submit(state, params, script_name: str | None = None, script_args=None, alwa
     _check_image_count(state, jobs)
     _check_remote_limits(state, jobs)
     label = plan.selected.title if plan.selected else params.kind
-    return state.queue.submit(lambda progress: _execute(state, params, progress, plan), label)
+    remote = None
+    if state.queue.workers is not None:  # generation workers (modules.workers) run it with their own scripts
+        from .workers.messages import GenerationRequest
+
+        remote = GenerationRequest(params, script_name, script_args, alwayson)
+    return state.queue.submit(lambda progress: _execute(state, params, progress, plan), label, remote)

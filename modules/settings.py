@@ -56,6 +56,10 @@ class Settings:
     initial_noise_multiplier: float = 1.0
     s_min_uncond: float = 0.0  # NGMS: skip the negative prompt on every other step below this sigma (0 = off)
     s_min_uncond_all: bool = False  # NGMS on every step, not every other one
+    # token merging in the UNet's full-resolution self-attentions (0 = off; modules/processing/token_merging.py)
+    token_merging_ratio: float = 0.0
+    token_merging_ratio_img2img: float = 0.0  # img2img's ratio when not 0 (else token_merging_ratio)
+    token_merging_ratio_hr: float = 0.0  # the hires fix pass's ratio when not 0 (else token_merging_ratio)
     # live preview
     live_previews_enable: bool = True
     show_progress_every_n_steps: int = 1
@@ -117,6 +121,8 @@ class Settings:
 
 _FIELDS = {f.name: f for f in fields(Settings)}
 LIMIT_SETTINGS = tuple(name for name in _FIELDS if name.startswith("limit_"))
+TOKEN_MERGING_SETTINGS = ("token_merging_ratio", "token_merging_ratio_img2img", "token_merging_ratio_hr")
+MAX_TOKEN_MERGING = 0.9  # A1111's slider end (merging stops at 3 of every 4 cells whatever the ratio)
 
 
 def _valid_each(values: dict) -> tuple[dict, list[str]]:
@@ -176,6 +182,9 @@ def _validated(values: dict) -> dict:
             raise ValueError(f"setting {name!r} must be >= 1")
     if out.get("s_min_uncond", 0.0) < 0:
         raise ValueError("setting 's_min_uncond' must be >= 0")
+    for name in TOKEN_MERGING_SETTINGS:
+        if not 0 <= out.get(name, 0.0) <= MAX_TOKEN_MERGING:
+            raise ValueError(f"setting {name!r} must be within 0..{MAX_TOKEN_MERGING}")
     return out
 
 

@@ -20,7 +20,7 @@ def make_state(root: Path, families: dict[str, str], load: str | None = None, fl
             tiny_models.write(family, path, seed=seed)
     args = ["--ckpt-dir", str(ckpt), "--data-dir", str(root / "data"), "--lora-dir", str(root / "models" / "Lora"),
             "--vae-dir", str(root / "models" / "VAE"), "--embeddings-dir", str(root / "embeddings"),
-            "--controlnet-dir", str(root / "models" / "ControlNet"), "--device", "cpu", *flags]
+            "--controlnet-dir", str(root / "models" / "ControlNet"), "--device", "cpu", "--precision", "full", *flags]
     state = create_state(parse_command_line(args).options)
     state.models.load(load or next(iter(families)))
     return state

@@ -36,8 +36,8 @@ def routes(tmp_path_factory) -> list[tuple[str, str]]:
 
     root = tmp_path_factory.mktemp("routes")
     args = ["--data-dir", str(root / "data"), "--ckpt-dir", str(root / "models"), "--lora-dir", str(root / "lora"),
-            "--vae-dir", str(root / "vae"), "--embeddings-dir", str(root / "emb"), "--device", "cpu", "--nowebui",
-            *FLAGS[1:]]
+            "--vae-dir", str(root / "vae"), "--embeddings-dir", str(root / "emb"), "--device", "cpu",
+            "--precision", "full", "--nowebui", *FLAGS[1:]]
     state = create_state(parse_command_line(args).options)
     load_extensions(state)  # the shipped ones, as the server does: their routes (ControlNet's) are listed too
     app = build_app(state)

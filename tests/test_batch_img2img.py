@@ -24,8 +24,8 @@ def state(tmp_path_factory):
     root = tmp_path_factory.mktemp("batch-img2img")
     (root / "allowed").mkdir()
     state = create_state(parse_command_line(["--ckpt", str(DEMO), "--ckpt-dir", str(root / "none"), "--data-dir",
-                                             str(root / "data"), "--device", "cpu", "--allowed-output-roots",
-                                             str(root / "allowed")]).options)
+                                             str(root / "data"), "--device", "cpu", "--precision", "full",
+                                             "--allowed-output-roots", str(root / "allowed")]).options)
     state.models.load(DEMO.name)
     return state
 

@@ -27,7 +27,8 @@ def printed_paths(stdout: str) -> list[Path]:
 def launch(data: Path, *argv: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in {"COMMANDLINE_ARGS", "VIRTUAL_ENV", "PYTHONPATH"}}
     return subprocess.run([sys.executable, str(ROOT / "launch.py"), "--skip-install", "--data-dir", str(data),
-                           "--device", "cpu", *argv], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+                           "--device", "cpu", "--precision", "full", *argv], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
 
 
 @pytest.fixture(scope="module")

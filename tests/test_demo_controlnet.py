@@ -28,7 +28,8 @@ def state(tmp_path_factory):
 
     data = tmp_path_factory.mktemp("demo-controlnet")
     options = parse_command_line(["--ckpt", str(DEMO), "--ckpt-dir", str(data / "none"), "--controlnet-dir",
-                                  str(CONTROLNET.parent), "--data-dir", str(data), "--device", "cpu"]).options
+                                  str(CONTROLNET.parent), "--data-dir", str(data), "--device", "cpu",
+                                  "--precision", "full"]).options
     state = create_state(options)
     state.settings.update({"samples_save": False, "grid_save": False})
     state.models.load(DEMO.name)

@@ -130,7 +130,7 @@ def test_a1111_extensions_are_named_as_such_and_none_of_their_code_runs(state):
 
 def test_a1111_extension_is_reported_in_one_log_line_without_a_traceback(tmp_path, caplog):
     root = _write_broken(tmp_path / "extensions", {k: v for k, v in BROKEN.items() if k.startswith("a1111-style/")})
-    args = ["--data-dir", str(tmp_path / "data"), "--ckpt-dir", str(tmp_path), "--device", "cpu"]
+    args = ["--data-dir", str(tmp_path / "data"), "--ckpt-dir", str(tmp_path), "--device", "cpu", "--precision", "full"]
     fresh = create_state(parse_command_line(args).options)
     with caplog.at_level(logging.INFO, logger="modules.extensions"):
         load_extensions(fresh, [root])
@@ -205,7 +205,7 @@ def test_disabling_is_persisted_and_honoured_at_the_next_start(state, tmp_path):
     try:
         assert json.loads(state.options.config_path.read_text())["disabled_extensions"] == ["test-extension"]
         args = ["--data-dir", str(state.options.data_dir), "--ckpt-dir", str(tmp_path), "--device", "cpu",
-                "--skip-install"]
+                "--precision", "full", "--skip-install"]
         fresh = create_state(parse_command_line(args).options)
         load_extensions(fresh, [REPO_ROOT / "extensions", TEST_EXTENSIONS])
         item = fresh.extensions.get("test-extension")

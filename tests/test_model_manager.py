@@ -32,7 +32,8 @@ def folders(tmp_path):
 
 def _manager(tmp_path, ckpt, vae, cache_size=1):
     hashes = HashCache(tmp_path / "data" / "cache" / "hashes.json")
-    return ModelManager(CheckpointCatalog([ckpt], hashes), VaeCatalog(vae), plan_devices("cpu"), cache_size=cache_size)
+    return ModelManager(CheckpointCatalog([ckpt], hashes), VaeCatalog(vae), plan_devices("cpu", precision="full"),
+                        cache_size=cache_size)
 
 
 def _denoise(model):

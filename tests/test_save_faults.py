@@ -247,7 +247,7 @@ def test_a_vae_with_garbage_weights_is_named_and_a_replaced_file_gets_a_fresh_ch
     folder = tmp_path / "models"
     _broken_demo(folder / BROKEN, "first_stage_model.decoder.conv_out.", float("inf"))
     options = parse_command_line(["--ckpt-dir", str(folder), "--data-dir", str(tmp_path / "data"),
-                                  "--device", "cpu"]).options
+                                  "--device", "cpu", "--precision", "full"]).options
     state = create_state(options)
     state.models.load(BROKEN)
     state.settings.update({"sd_model_checkpoint": BROKEN})

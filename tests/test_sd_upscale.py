@@ -36,7 +36,8 @@ def state(tmp_path_factory):
     if DEMO_UPSCALER.exists():
         shutil.copy(DEMO_UPSCALER, root / "ESRGAN" / DEMO_UPSCALER.name)
     options = parse_command_line(["--ckpt", str(DEMO), "--ckpt-dir", str(root / "none"), "--data-dir", str(root),
-                                  "--device", "cpu", "--esrgan-models-path", str(root / "ESRGAN")]).options
+                                  "--device", "cpu", "--precision", "full",
+                                  "--esrgan-models-path", str(root / "ESRGAN")]).options
     state = create_state(options)
     state.models.load(DEMO.name)
     state.settings.update({"samples_save": False})

@@ -22,7 +22,7 @@ A1111_DEFAULTS = [True, 1, 0.5, 4, 0, 0.5, 2]  # enabled, schedule bias, preserv
 def state(tmp_path_factory):
     root = tmp_path_factory.mktemp("soft-inpainting")
     options = parse_command_line(["--ckpt", str(DEMO), "--ckpt-dir", str(root / "none"), "--data-dir", str(root),
-                                  "--device", "cpu"]).options
+                                  "--device", "cpu", "--precision", "full"]).options
     state = create_state(options)
     state.models.load(DEMO.name)
     state.settings.update({"samples_save": False})

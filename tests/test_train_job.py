@@ -72,7 +72,7 @@ def test_wide_images_train_at_their_bucket_and_a_batch_holds_one_size(root, tmp_
         (data / f"wide{i}.txt").write_text("a red banner", encoding="utf-8")
     model = load_for_training(root / "models" / "Stable-diffusion" / "tiny.safetensors")
     items = scan_folder(data)
-    cache, groups, resolution = training_rows(model, items, LoraConfig(buckets=True, resolution=64))
+    cache, groups, _ = training_rows(model, items, LoraConfig(buckets=True, resolution=64))
     wide = [cache.sizes[i] for i, item in enumerate(items) if item.path.name.startswith("wide")]
     assert wide == [(96, 32)] * 2 and cache.mean[items.index(items[-1])].shape[-2:] == (4, 12)
     assert sorted(len(g) for g in groups) == [2, 4]
@@ -216,3 +216,22 @@ def test_automatic_rates_follow_the_models_size(root):
     assert (full.lora.unet_lr, full.lora.te_lr, full.embedding.lr) == (1e-4, 5e-5, 5e-3)
     chosen = with_rates(TrainParams("lora", "x", lora=LoraConfig(unet_lr=3e-3, te_lr=None)), sd15)
     assert (chosen.lora.unet_lr, chosen.lora.te_lr) == (3e-3, None)  # typed rates and "off" stay
+
+
+def test_training_on_a_half_precision_model_keeps_its_weights_and_learns(root, tmp_path):
+    """The app's default on a CPU with native bf16 (and on GPUs: fp16/bf16): the pairs train in float32 beside the
+    half-precision base, which is left bit for bit as it was."""
+    state = make_state(tmp_path, CKPT, flags=["--precision", "autocast", "--no-half-vae"])
+    model = state.models.current
+    model.unet.to(torch.bfloat16)  # a half UNet on any CPU (the plan's choice depends on the CPU's flags)
+    for encoder in model.text_encoders:
+        encoder.to(torch.bfloat16)
+    before = {k: v.clone() for k, v in model.unet.state_dict().items()}
+    world.concept_dataset(tmp_path / "data" / "star", 4, (world.STAR,), seed=2)
+    job, run = submit_training(state, lora_params("halfstar", steps=12))
+    job.wait()
+    losses = [loss for _, loss in run.losses]
+    assert all(np.isfinite(losses)) and np.mean(losses[-4:]) < np.mean(losses[:4]) * 1.5
+    assert all(torch.equal(before[k], v) for k, v in model.unet.state_dict().items())
+    trained = tensors(tmp_path / "models" / "Lora" / "halfstar.safetensors")
+    assert any(k.endswith("lora_up.weight") and trained[k].abs().max() > 0 for k in trained)

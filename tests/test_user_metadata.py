@@ -113,7 +113,7 @@ def test_api_loras_carry_the_header_metadata_with_json_fields_parsed_as_a1111(tm
     lora_dir.mkdir(parents=True)
     write_lora(lora_dir / "cat.safetensors", KOHYA)
     args = ["--ckpt-dir", str(tmp_path / "ckpt"), "--data-dir", str(tmp_path / "data"), "--lora-dir", str(lora_dir),
-            "--embeddings-dir", str(tmp_path / "emb"), "--device", "cpu"]
+            "--embeddings-dir", str(tmp_path / "emb"), "--device", "cpu", "--precision", "full"]
     from modules.api.routes import build_router
 
     app = FastAPI()

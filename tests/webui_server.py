@@ -100,7 +100,8 @@ def stop_process(process: subprocess.Popen) -> None:
 
 
 def launch_args(root: Path, dirs: dict[str, Path], port: int, extra: tuple[str, ...] = ()) -> list[str]:
-    return [sys.executable, str(REPO / "launch.py"), "--skip-install", "--device", "cpu", "--port", str(port),
+    return [sys.executable, str(REPO / "launch.py"), "--skip-install", "--device", "cpu", "--precision", "full",
+            "--port", str(port),
             "--ckpt-dir", str(dirs["ckpt"]), "--vae-dir", str(dirs["vae"]), "--lora-dir", str(dirs["lora"]),
             "--embeddings-dir", str(dirs["emb"]), "--data-dir", str(dirs["data"]), *extra]
 

@@ -97,9 +97,22 @@ def main(options: LaunchOptions) -> int:
     threading.Thread(target=clean_after_crash, args=(state, started), name="clean-outputs", daemon=True).start()
     log.info("device %s, weights %s, VAE %s, offload %s", state.plan.device, state.plan.dtype, state.plan.vae_dtype,
              state.plan.offload)
+    workers = None
+    if options.uses_workers:
+        try:
+            from modules.workers.pool import pool_settings, start_workers
+        except ModuleNotFoundError as e:
+            log.error("--workers/--ray-address need Ray (%s): run launch.py without --skip-install, or "
+                      "pip install '.[cluster]'", e)
+            return 2
+        workers = start_workers(state, pool_settings(options))
     listening = threading.Event()
     restarter = Restarter()
-    status = serve(state, start_model_load(state, after=listening), on_started=listening.set, restarter=restarter)
+    try:
+        status = serve(state, start_model_load(state, after=listening), on_started=listening.set, restarter=restarter)
+    finally:
+        if workers is not None:
+            workers.close()
     if restarter.requested.is_set():
         log.info("restarting")
         exec_again()

@@ -32,7 +32,7 @@ from webui.params_fields import (
     build_params,
     looks_like_infotext,
 )
-from webui.progress_html import info_html, progress_html
+from webui.progress_html import info_html, job_progress_html
 
 POLL_SECONDS = 0.25
 log = logging.getLogger("sdwebui")
@@ -342,12 +342,12 @@ def _run(ctx: UiContext, tab: GenerationTab, data: dict, request: gr.Request, sc
         yield {tab.info: info_html("", error=str(e)), tab.progress: ""}
         return
     out.job = job
-    yield {tab.info: "", tab.progress: progress_html(job.progress, ctx.state.queue.position(job))}  # old info goes
+    yield {tab.info: "", tab.progress: job_progress_html(ctx.state.queue, job)}  # old info goes
     preview_step = -1
     shown = 0
     while not job.done:
         progress = job.progress
-        frame = {tab.progress: progress_html(progress, ctx.state.queue.position(job))}
+        frame = {tab.progress: job_progress_html(ctx.state.queue, job)}
         if progress.preview is not None and progress.preview_step != preview_step:
             preview_step = progress.preview_step
             frame[tab.preview] = gr.update(value=progress.preview, visible=True)

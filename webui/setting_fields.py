@@ -47,6 +47,12 @@ SECTIONS: dict[str, dict[str, str]] = {
                         "step (faster, a little less guidance at the end); 0 = off",
         "s_min_uncond_all": "NGMS: skip the negative prompt on every step below that sigma, not every other one",
     },
+    "Optimizations": {
+        "token_merging_ratio": "Token merging ratio: share of the latent cells merged before the UNet's "
+                               "full-resolution self-attentions (faster at 512² and up; 0 = off)",
+        "token_merging_ratio_img2img": "Token merging ratio for img2img (0 = the ratio above)",
+        "token_merging_ratio_hr": "Token merging ratio for the hires fix pass (0 = the ratio above)",
+    },
     "Upscaling": {
         "ESRGAN_tile": "Tile size for model upscalers (input pixels; 0 = no tiling)",
         "ESRGAN_tile_overlap": "Tile overlap for model upscalers (pixels; more = less visible seams, slower)",

@@ -1,4 +1,4 @@
-"""The Gradio Blocks of the web UI: top bar, generation tabs, Extras, PNG Info, Checkpoint Merger, Settings,
+"""The Gradio Blocks of the web UI: top bar, generation tabs, Extras, PNG Info, Checkpoint Merger, Train, Settings,
 Extensions, and cross-tab sending."""
 from __future__ import annotations
 
@@ -10,14 +10,25 @@ from pathlib import Path
 import gradio as gr
 
 from modules.extensions import ui_assets
-from webui import extension_tabs, extensions_tab, extras_tab, merger_tab, pnginfo, settings_tab, top_bar
+from webui import (
+    extension_tabs,
+    extensions_tab,
+    extras_tab,
+    merger_tab,
+    pnginfo,
+    settings_tab,
+    top_bar,
+    train_tab,
+    workers_tab,
+)
 from webui.context import UiContext
 from webui.generation_tab import GenerationTab, build_generation_tab, fill_updates, is_local
 from webui.icons import icons_css
 from webui.img2img_inputs import INPAINT_MODES
 from webui.notices import user_error
 from webui.restart import Restarter
-from webui.ui_config import FILE_NAME as UI_CONFIG_FILE, UiConfig
+from webui.ui_config import FILE_NAME as UI_CONFIG_FILE
+from webui.ui_config import UiConfig
 
 STATIC = Path(__file__).resolve().parent / "static"
 STATUS_POLL_SECONDS = 1.0
@@ -132,8 +143,13 @@ def build_ui(state, startup_job=None, restarter: Restarter | None = None) -> tup
                 png = pnginfo.build(ctx)
             with gr.Tab("Checkpoint Merger", id="modelmerger", elem_id="tab_modelmerger"):
                 merger_tab.build(ctx)
+            with gr.Tab("Train", id="train", elem_id="tab_train"):
+                train_tab.build(ctx)
             with gr.Tab("Settings", id="settings", elem_id="tab_settings"):
                 settings_values, settings_components = settings_tab.build(ctx)
+            if state.queue.workers is not None:  # --workers / --ray-address
+                with gr.Tab(workers_tab.TITLE, id="workers", elem_id="tab_workers"):
+                    workers_tab.build(ctx, main_tabs)
             for tab in state.extensions.ui_tabs() if state.extensions is not None else []:
                 with gr.Tab(tab.title, elem_id=f"tab_{tab.elem_id}"):
                     extension_tabs.build_tab(ctx, tab)

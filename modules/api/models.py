@@ -319,6 +319,7 @@ class TrainRequestBase(BaseModel):
     varsize: bool = Field(False, description="bucket images by aspect ratio instead of centre-cropping")
     repeats: int = Field(1, ge=1, le=1000)
     seed: int = 0
+    gradient_checkpointing: bool = Field(False, description="less memory, slower steps")
     create_image_every: int = Field(0, ge=0, description="a sample image (the progress preview) every N steps")
     preview_prompt: str = Field("", description="the sample's prompt; empty: the first caption")
     preview_negative_prompt: str = ""

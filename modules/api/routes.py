@@ -27,6 +27,7 @@ from starlette.exceptions import HTTPException
 from modules import a1111_options, scripts
 from modules import infotext as infotext_mod
 from modules.app_state import default_checkpoint
+from modules.devices import dtype_name
 from modules.image_io import PNG_INFOTEXT_KEY, read_infotext
 from modules.models.safetensors_file import ModelFileError
 from modules.networks.user_metadata import api_metadata
@@ -622,7 +623,8 @@ def cmd_flags(state) -> dict:
     for name in _SECRET_FLAGS:
         if server.get(name):
             server[name] = "***"
-    return {**flags, **server}
+    computed = {"unet_precision": dtype_name(state.plan.dtype), "vae_precision": dtype_name(state.plan.vae_dtype)}
+    return {**flags, **server, **computed}  # computed: what --precision/--no-half chose on this machine
 
 
 def png_info(state, data: str) -> dict:
@@ -809,4 +811,10 @@ def build_router(state) -> APIRouter:
             raise ApiError(400, "sd_model_checkpoint", str(e)) from None
         return {}
 
+    from .training_routes import add_training_routes  # it imports this module's ApiError
+
+    add_training_routes(router, state)
+    from .workers_routes import add_workers_routes
+
+    add_workers_routes(router, state)
     return router

@@ -38,6 +38,7 @@ class LoadOptions:
     prediction: str | None = None  # per-model override: "eps" or "v"
     dtype: object = None  # torch dtype to convert UNet/text encoders to while loading (None: keep the file's)
     vae_dtype: object = None
+    channels_last: bool = False  # UNet and VAE 4-D weights in channels_last memory format (converted in the same copy)
 
 
 @dataclass
@@ -66,31 +67,40 @@ def _target_dtype(v, dtype):
     return dtype if dtype is not None and v.is_floating_point() else v.dtype
 
 
-def _owned(v, dtype, into=None):
-    """One copy out of the file mapping (fused with the dtype change): aligned, writable, file-independent.
+def _owned(v, dtype, into=None, channels_last: bool = False):
+    """One copy out of the file mapping (fused with the dtype and memory-format change): aligned, writable,
+    file-independent.
 
     Zero-copy views into a memory-mapped file are not 64-byte aligned, which changes SIMD reduction order (the
     same weights would give slightly different outputs) and would tie in-place weight patches to file pages.
-    ``into``: an existing tensor of the right shape and dtype to copy into instead of allocating.
+    ``into``: an existing tensor of the right shape, dtype and layout to copy into instead of allocating.
     """
     if into is not None:
         return into.copy_(v)
     target = _target_dtype(v, dtype)
+    if channels_last and v.dim() == 4:
+        import torch
+
+        return v.to(target, memory_format=torch.channels_last, copy=True)
     return v.to(target) if v.dtype != target else v.clone()
 
 
-def _convert(sd: dict, dtype, recycled: dict | None = None) -> dict:
+def _convert(sd: dict, dtype, recycled: dict | None = None, channels_last: bool = False) -> dict:
     recycled = recycled or {}
-    return {k: _owned(v, dtype, recycled.get(k)) for k, v in sd.items()}
+    return {k: _owned(v, dtype, recycled.get(k), channels_last) for k, v in sd.items()}
 
 
 def _recyclable(converted: dict, own: dict, dtype) -> dict | None:
-    """``own`` (a module's tensors by name) when they can take ``converted`` exactly (same names, shapes, dtypes)."""
+    """``own`` (a module's tensors by name) when they can take ``converted`` exactly (same names, shapes, dtypes;
+    dense in either memory format)."""
+    import torch
+
     if own.keys() != converted.keys():
         return None
     for k, v in converted.items():
         t = own[k]
-        if tuple(t.shape) != tuple(v.shape) or t.dtype != _target_dtype(v, dtype) or not t.is_contiguous():
+        dense = t.is_contiguous() or (t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last))
+        if tuple(t.shape) != tuple(v.shape) or t.dtype != _target_dtype(v, dtype) or not dense:
             return None
     return own
 
@@ -197,10 +207,11 @@ def _load_single_file(path: Path, options: LoadOptions, recycle: SDModel | None 
     vae_dtype = options.vae_dtype or options.dtype
     pools = _recycling_pools(recycle, spec, unet_sd, vae_sd, te_sds, options.dtype, vae_dtype)
     try:
-        unet = builders.build_unet(spec.unet, spec.family, _convert(unet_sd, options.dtype, pools[0]),
+        unet = builders.build_unet(spec.unet, spec.family,
+                                   _convert(unet_sd, options.dtype, pools[0], options.channels_last),
                                    _sample_size(spec, metadata))
         del unet_sd
-        vae = builders.build_vae(spec.vae, spec.vae_scale, _convert(vae_sd, vae_dtype, pools[1]))
+        vae = builders.build_vae(spec.vae, spec.vae_scale, _convert(vae_sd, vae_dtype, pools[1], options.channels_last))
         del vae_sd
         tes = [builders.build_text_encoder(te_spec, _convert(te_sd, options.dtype, pool))
                for te_spec, te_sd, pool in zip(spec.text_encoders, te_sds, pools[2:])]
@@ -247,11 +258,13 @@ def _load_diffusers_folder(path: Path, options: LoadOptions) -> SDModel:
     unet_cfg = _read_json(path / "unet" / "config.json")
     unet_spec = builders.unet_spec_from_config(unet_cfg)
     unet = builders.build_on_meta(lambda: UNet2DConditionModel.from_config(unet_cfg))
-    builders.fill(unet, _convert(load_state_dict(_weights_file(path / "unet", "diffusion_pytorch_model")), options.dtype), "UNet")
+    builders.fill(unet, _convert(load_state_dict(_weights_file(path / "unet", "diffusion_pytorch_model")), options.dtype,
+                                 channels_last=options.channels_last), "UNet")
     vae_cfg = _read_json(path / "vae" / "config.json")
     vae = builders.build_on_meta(lambda: AutoencoderKL.from_config(vae_cfg))
     vae_dtype = options.vae_dtype or options.dtype
-    builders.fill(vae, _convert(load_state_dict(_weights_file(path / "vae", "diffusion_pytorch_model")), vae_dtype), "VAE")
+    builders.fill(vae, _convert(load_state_dict(_weights_file(path / "vae", "diffusion_pytorch_model")), vae_dtype,
+                                options.channels_last), "VAE")
 
     if unet_spec.adm_in_channels:
         family = Family.SDXL if "text_encoder" in index else Family.SDXL_REFINER
@@ -303,7 +316,7 @@ def load_vae_file(path: str | Path, expected: VAESpec | None, scaling_factor: fl
                 raise UnknownLayoutError(f"unknown VAE tensors, e.g. {unmapped[:3]}")
         if expected is not None and (spec.latent_channels != expected.latent_channels):
             raise UnknownLayoutError(f"VAE has {spec.latent_channels} latent channels, the model needs {expected.latent_channels}")
-        return builders.build_vae(spec, scaling_factor, _convert(vae_sd, dtype))
+        return builders.build_vae(spec, scaling_factor, _convert(vae_sd, dtype, channels_last=options.channels_last))
     except ModelFileError:
         raise
     except (UnknownLayoutError, ValueError, KeyError, RuntimeError) as e:

@@ -63,6 +63,7 @@ class ModelManager:
             prediction=self.prediction_overrides.get(info.model_name),
             dtype=self.plan.dtype,
             vae_dtype=self.plan.vae_dtype,
+            channels_last=self.plan.channels_last,
         )
 
     def load(self, query: str | CheckpointInfo) -> SDModel:
@@ -186,7 +187,8 @@ class ModelManager:
             model.vae = self._baked_vae[id(model)]
         else:
             vae = load_vae_file(source, model.spec.vae, model.spec.vae_scale,
-                                LoadOptions(allow_pickle=self.allow_pickle, dtype=self.plan.vae_dtype))
+                                LoadOptions(allow_pickle=self.allow_pickle, dtype=self.plan.vae_dtype,
+                                            channels_last=self.plan.channels_last))
             self.offloader.place(vae, _is_sdxl(model))
             model.vae = vae
         self.vae_source = source

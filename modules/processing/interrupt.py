@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import torch
 
+from ..models.compile import is_compiled
 from ..sampling import Interrupted, SamplingControl
 
 NESTING = 2  # block → its layers (resnets, attentions, …) → their layers (transformer blocks)
@@ -42,8 +43,9 @@ def _nested(module: torch.nn.Module, depth: int) -> list[torch.nn.Module]:
 @contextlib.contextmanager
 def stop_checks(unet: torch.nn.Module, control: SamplingControl | None) -> Iterator[None]:
     """Within this block, a UNet forward pass raises ``Interrupted`` at the next checkpoint once ``control`` says
-    stop (interrupt or skip). ``control`` None: no checks."""
-    if control is None:
+    stop (interrupt or skip). ``control`` None, or a UNet compiled by ``--compile`` (its graph would not see
+    hooks added per call): no checks."""
+    if control is None or is_compiled(unet):
         yield
         return
 

@@ -92,9 +92,10 @@ class JobProgress:
             self.step = max(self.step, self.total_steps)
         self.state = "done"
 
-    def show_preview(self, image) -> None:
-        """``image`` is the live preview from the step just done; a nested job's shows in its parent too."""
-        self._preview, self.preview_step = image, self.step
+    def show_preview(self, image, step: int | None = None) -> None:
+        """``image`` is the live preview from the step just done (or from ``step``, relayed from a worker); a nested
+        job's shows in its parent too."""
+        self._preview, self.preview_step = image, self.step if step is None else step
         if self.parent is not None:
             self.parent.show_preview(image)
 

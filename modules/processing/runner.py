@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 
 from .. import infotext as infotext_mod
+from ..devices import precision_label
 from ..hooks import (
     AfterDecode,
     BeforeSampling,
@@ -52,6 +53,7 @@ from .progress import JobProgress
 from .refiner import EncodingChoices, RefinerPlan, RefinerSwitch, plan_refiner
 from .saving import UnsavedImages
 from .tiling import CircularPadding
+from .token_merging import TokenMerging
 
 log = logging.getLogger(__name__)
 VERSION = "sdwebui-0.1.0"
@@ -129,6 +131,9 @@ def run_job(state, params: GenerationParams, progress: JobProgress | None = None
     _, tags = extract_network_tags(prompt)
     extra_fields: dict = {}
     embeddings = state.networks.activate(model, tags, result.warnings, extra_fields) if state.networks else {}
+    merging_ratio = _token_merging_ratio(params, settings)
+    if merging_ratio:
+        extra_fields["Token merging ratio"] = merging_ratio
     encoder = PromptEncoder(model, clip_skip, settings.emphasis, embeddings, offloader=state.models.offloader)
     schedule = DiscreteSchedule.from_params(ScheduleParams(
         prediction_type="v_prediction" if model.spec.prediction == "v" else "epsilon",
@@ -143,8 +148,10 @@ def run_job(state, params: GenerationParams, progress: JobProgress | None = None
 
     bar = tqdm(total=batch_steps * params.n_iter, desc=params.kind, leave=False)
     try:
-        with torch.inference_mode(), CircularPadding(params.tiling) as job.padding:
+        with torch.inference_mode(), CircularPadding(params.tiling) as job.padding, \
+                TokenMerging(merging_ratio) as merging:
             job.padding.cover(model)
+            merging.cover(model)
             try:
                 for it in range(params.n_iter):
                     if progress.control.interrupted:
@@ -192,6 +199,14 @@ def _select_model(state, settings):
             state.failures.failed(info, str(e))
         raise ParamError("sd_model_checkpoint", str(e)) from None
     return models.current
+
+
+def _token_merging_ratio(params: GenerationParams, settings) -> float:
+    """As A1111: img2img's own ratio when set (unless the request overrides ``token_merging_ratio``), else
+    ``token_merging_ratio`` (the hires fix pass sets that for its own job)."""
+    if isinstance(params, Img2ImgParams) and "token_merging_ratio" not in params.override_settings:
+        return float(settings.token_merging_ratio_img2img or settings.token_merging_ratio)
+    return float(settings.token_merging_ratio)
 
 
 def _noise(job: _Job, seeds, subseeds, shape, state) -> SeededNoise:
@@ -476,6 +491,7 @@ def _infotext_params(job: _Job, index: int, clip_skip: int) -> dict:
     extra = InfotextFields({}, p)
     job.hooks.run(HookPoint.INFOTEXT, extra)
     fields.update(extra.fields)
+    fields["Precision"] = precision_label(job.model.unet.dtype, job.model.vae.dtype)
     fields["Version"] = VERSION
     return {k: v for k, v in fields.items() if v is not None}
 

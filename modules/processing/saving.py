@@ -3,13 +3,18 @@
 A full disk (``ENOSPC``, a quota's ``EDQUOT``), a file-size limit (``EFBIG``), a read-only file system (``EROFS``)
 or a folder without write permission (``EACCES``/``EPERM``) is the user's to fix, not a fault of the job; any other
 ``OSError`` still propagates. The server keeps running, and the next save works once the disk takes files again.
+
+A generation worker (:mod:`modules.workers`) writes nothing: inside :func:`deferred_saves` each save is recorded as
+a :class:`PendingSave`, and the app writes the records with :func:`write_pending`, so outputs stay in one place.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 
@@ -25,6 +30,46 @@ _REASONS = (("ENOSPC", "disk full"), ("EDQUOT", "disk full"), ("EFBIG", "file to
             ("EROFS", "read-only disk"), ("EACCES", "no permission"), ("EPERM", "no permission"))
 DISK_REFUSALS: Mapping[int, str] = MappingProxyType(
     {getattr(errno, name): reason for name, reason in _REASONS if hasattr(errno, name)})
+
+
+@dataclass
+class PendingSave:
+    """One save a worker left to the app: the arguments of :meth:`UnsavedImages.save`, and the stand-in path the
+    job got back (replaced by the written file's path when the app writes it)."""
+
+    image: Image.Image
+    folder: Path
+    reserve: Callable[[Path], Path]
+    infotext: str | None
+    extra_text: Mapping[str, str] | None
+    dated: bool
+    save_txt: bool
+    stand_in: Path
+
+
+_pending: ContextVar[list[PendingSave] | None] = ContextVar("pending_saves", default=None)
+
+
+@contextlib.contextmanager
+def deferred_saves() -> Iterator[list[PendingSave]]:
+    """Within the block, :meth:`UnsavedImages.save` records each save in the yielded list instead of writing."""
+    records: list[PendingSave] = []
+    token = _pending.set(records)
+    try:
+        yield records
+    finally:
+        _pending.reset(token)
+
+
+def write_pending(records: list[PendingSave]) -> tuple[dict[Path, Path | None], list[str]]:
+    """Write a worker's recorded saves in order: {stand-in path: written path, None when the disk refused it}, and
+    the warnings of :meth:`UnsavedImages.report`."""
+    written: dict[Path, Path | None] = {}
+    savers: dict[bool, UnsavedImages] = {}
+    for r in records:
+        saver = savers.setdefault(r.save_txt, UnsavedImages(r.save_txt))
+        written[r.stand_in] = saver.save(r.image, r.folder, r.reserve, r.infotext, r.extra_text, r.dated)
+    return written, [line for saver in savers.values() for line in saver.report()]
 
 
 def refusal(error: BaseException) -> str | None:
@@ -56,7 +101,14 @@ class UnsavedImages:
              extra_text: Mapping[str, str] | None = None, dated: bool = True) -> Path | None:
         """Save ``image`` into today's folder under ``folder`` (``dated`` False: into ``folder`` itself), named by
         ``reserve(that folder)`` (which may create an empty placeholder: it is removed again when the save fails),
-        with ``extra_text`` as further PNG text chunks. None when the disk refused it."""
+        with ``extra_text`` as further PNG text chunks. None when the disk refused it. Inside
+        :func:`deferred_saves`: recorded, and a stand-in path returned."""
+        pending = _pending.get()
+        if pending is not None:
+            stand_in = Path(folder) / f".pending-{len(pending)}"
+            pending.append(PendingSave(image, Path(folder), reserve, infotext, extra_text, dated, self.save_txt,
+                                       stand_in))
+            return stand_in
         target = Path(folder)
         try:
             if dated:

@@ -111,6 +111,7 @@ class _Pass:
     tiling: Tiling = dataclasses.field(default_factory=Tiling)  # model upscalers' tiles (ESRGAN_tile settings)
     images: int = 0  # images given a second pass so far
     last_denoised: object = None
+    token_merging: float = 0.0  # the second pass's ratio: token_merging_ratio_hr, else token_merging_ratio
 
 
 class HiresFix(Script):
@@ -192,6 +193,7 @@ class HiresFix(Script):
             job.cover = tuple(cover)
             job.steps = second_pass_steps(args["hr_second_pass_steps"] or p.steps, args, event.settings)
             job.tiling = Tiling(event.settings.ESRGAN_tile, event.settings.ESRGAN_tile_overlap)
+            job.token_merging = event.settings.token_merging_ratio_hr or event.settings.token_merging_ratio
             if progress is not None:
                 progress.add_batch_steps(job.steps * p.batch_size)
 
@@ -207,7 +209,8 @@ class HiresFix(Script):
         if args["hr_upscaler"] in LATENT_UPSCALE_MODES:
             hooks.register(HookPoint.AFTER_CFG, remember, owner)
         hooks.register(HookPoint.AFTER_DECODE, second_pass, owner, order=-100)
-        hooks.register(HookPoint.INFOTEXT, lambda e: e.fields.update(self._infotext(args)), owner)
+        hooks.register(HookPoint.INFOTEXT, lambda e: e.fields.update(
+            self._infotext(args), **{"Token merging ratio hr": job.token_merging or None}), owner)
 
     @staticmethod
     def _sampler(params, args) -> str:
@@ -264,6 +267,7 @@ class HiresFix(Script):
             image = image.crop((left, top, left + job.width, top + job.height))
             second = self._second_params(params, args, Img2ImgParams, seed=seed, width=job.width, height=job.height,
                                          init_images=[image], denoising_strength=args["denoising_strength"])
+        second.override_settings["token_merging_ratio"] = job.token_merging
         try:
             result = run_job(state, second, child, extra_hooks=hooks)
         finally:
