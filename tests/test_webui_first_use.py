@@ -178,6 +178,7 @@ def test_teach_the_demo_model_a_star_as_a_lora_and_a_word_then_use_them(page, de
     assert "Trained pagestar.safetensors: step 150 of 150 (UNet learning rate 0.005, text encoder 0.001)" in status
     page.screenshot(path=str(REPO / "test-artifacts" / "train-lora.png"), full_page=True)
     page.click("#tab_txt2img-button")
+    page.wait_for_function("() => /a small red circle/.test(document.querySelector('#txt2img_info').innerText)")
     page.click("#txt2img_extra_networks")
     page.get_by_role("tab", name="LoRA").first.click()
     card = page.locator("#txt2img_en_lora .sd-card[data-name=pagestar]")

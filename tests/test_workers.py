@@ -4,7 +4,10 @@ bundled demo model, behind the app's own queue and API (in this process, over AS
 Every job through a worker must give the image the app's own process gives for the same request, with the same
 infotext, and the app must write it once; progress, preview, skip and interrupt reach the worker; a worker killed
 mid-job costs one retry on the other worker, and comes back.
-"""
+
+This module is named to run last: after a Ray driver in the pytest process shuts down, Ray can still end the
+process a minute later (seen in a full run: the next module's server start died with exit 1, no summary), so
+nothing may run after it."""
 from __future__ import annotations
 
 import asyncio
