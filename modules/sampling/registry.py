@@ -101,7 +101,7 @@ SCHEDULES: tuple[ScheduleInfo, ...] = (
     ScheduleInfo("karras", "Karras", schedules.karras),
     ScheduleInfo("exponential", "Exponential", schedules.exponential),
     ScheduleInfo("polyexponential", "Polyexponential", schedules.polyexponential),
-    ScheduleInfo("sgm_uniform", "SGM Uniform", schedules.sgm_uniform, ("SGMUniform",)),
+    ScheduleInfo("sgm_uniform", "SGM Uniform", schedules.sgm_uniform, ("SGMUniform", "trailing")),
     ScheduleInfo("kl_optimal", "KL Optimal", schedules.kl_optimal),
     ScheduleInfo("align_your_steps", "Align Your Steps", schedules.align_your_steps),
     ScheduleInfo("simple", "Simple", schedules.simple),

@@ -159,8 +159,10 @@ def vae_roundtrip(ckpt: Path, count: int = 60, seed: int = 0) -> dict[str, dict[
 
 # --------------------------------------------------------------------------- evaluation through the app
 
-def make_eval_state(root: Path, ckpt: Path, lora: Path | None = None, embedding: Path | None = None):
-    """An app state over ``root`` whose folders link only the given files (the checkpoint loaded)."""
+def make_eval_state(root: Path, ckpt: Path, lora: Path | None = None, embedding: Path | None = None,
+                    flags: tuple[str, ...] = ()):
+    """An app state over ``root`` whose folders link only the given files (the checkpoint loaded); ``flags`` are
+    further command-line flags (e.g. ``--precision full``)."""
     from modules.app_state import create_state
     from modules.cmd_args import parse_command_line
 
@@ -172,7 +174,7 @@ def make_eval_state(root: Path, ckpt: Path, lora: Path | None = None, embedding:
             (folders[folder] / path.name).symlink_to(path.resolve())
     args = ["--ckpt-dir", str(folders["models/Stable-diffusion"]), "--lora-dir", str(folders["models/Lora"]),
             "--embeddings-dir", str(folders["embeddings"]), "--data-dir", str(folders["data"]),
-            "--vae-dir", str(root / "models"), "--device", "cpu"]
+            "--vae-dir", str(root / "models"), "--device", "cpu", *flags]
     state = create_state(parse_command_line(args).options)
     state.models.load(ckpt.stem)
     return state

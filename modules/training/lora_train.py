@@ -68,7 +68,10 @@ class LoraConfig:
 # --------------------------------------------------------------------------- the network
 
 class LoraModule(torch.nn.Module):
-    """A low-rank pair for one Linear or 1×1 Conv2d: output += up(down(input)) · alpha/rank · multiplier."""
+    """A low-rank pair for one Linear or Conv2d: output += up(down(input)) · alpha/rank · multiplier.
+
+    For a k×k convolution ``down`` is a k×k convolution with the target's stride and padding and ``up`` a 1×1 one
+    (kohya's LoCon layout)."""
 
     def __init__(self, target: torch.nn.Module, rank: int, alpha: float):
         super().__init__()
@@ -76,7 +79,8 @@ class LoraModule(torch.nn.Module):
             self.down = torch.nn.Linear(target.in_features, rank, bias=False)
             self.up = torch.nn.Linear(rank, target.out_features, bias=False)
         else:
-            self.down = torch.nn.Conv2d(target.in_channels, rank, 1, bias=False)
+            self.down = torch.nn.Conv2d(target.in_channels, rank, target.kernel_size, target.stride, target.padding,
+                                        target.dilation, bias=False)
             self.up = torch.nn.Conv2d(rank, target.out_channels, 1, bias=False)
         torch.nn.init.kaiming_uniform_(self.down.weight, a=math.sqrt(5))
         torch.nn.init.zeros_(self.up.weight)
