@@ -18,6 +18,7 @@ from modules.launch_utils import (
     read_requirements,
     record_installed,
     requirements_satisfied,
+    suite_runs,
     torch_install_needed,
     unmet_requirements,
     venv_python,
@@ -161,6 +162,13 @@ def test_requirements_come_from_pyproject_with_the_requested_extras(tmp_path):
     assert read_requirements(pyproject, ["test"]) == ["b==1", "a>=2", "pytest>=8"]
     with pytest.raises(LaunchError, match="no .* group 'bench'"):
         read_requirements(pyproject, ["bench"])
+
+
+def test_the_whole_suite_runs_in_two_processes_then_the_ray_cluster_module_alone():
+    whole = suite_runs([])
+    assert whole[0][:4] == ["-n", "2", "--dist", "loadfile"] and "--ignore=tests/test_workers.py" in whole[0]
+    assert whole[1] == ["tests/test_workers.py"] and (ROOT / whole[1][0]).is_file()
+    assert suite_runs(["-x", "tests/test_launch.py"]) == [["-x", "tests/test_launch.py"]]  # given: as given
 
 
 def test_project_pyproject_leaves_torch_to_the_launcher():
