@@ -164,3 +164,31 @@ def test_four_lcm_steps_with_the_bundled_lcm_lora_keep_the_judged_accuracy_at_a_
                                                   scenes).values())) for results in (reference, few))
     assert few_score >= 0.9 * ref_score, (few_score, ref_score)
     assert sum(few_rows) * 10 == sum(reference_rows)
+
+
+def test_distillation_resumes_to_the_same_lora_and_writes_a_file_the_app_applies(tiny, tmp_path):
+    """Two steps, a stop, two more from the saved state: the same LoRA as four uninterrupted steps; the file
+    (kohya keys, 3×3 convolutions included) matches every target of the model it was distilled from."""
+    from safetensors.torch import load_file
+
+    from modules.training.lora_train import load_for_training
+
+    state, root = tiny
+    ckpt = root / "models" / "Stable-diffusion" / "tiny.safetensors"
+    cfg = lcm_distill.LcmConfig(rank=2, alpha=2.0, steps=4, batch=2, pool_scenes=8, checkpoint_minutes=0.0)
+    whole = tmp_path / "whole" / "lcm.safetensors"
+    lcm_distill.distill(load_for_training(ckpt), whole, cfg, tmp_path / "whole-work", log=lambda m: None)
+    parts = tmp_path / "parts" / "lcm.safetensors"
+    half = lcm_distill.LcmConfig(**{**cfg.__dict__, "steps": 2})
+    lcm_distill.distill(load_for_training(ckpt), parts, half, tmp_path / "parts-work", log=lambda m: None)
+    lcm_distill.distill(load_for_training(ckpt), parts, cfg, tmp_path / "parts-work", log=lambda m: None)
+    a, b = load_file(str(whole)), load_file(str(parts))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert any(v.dim() == 4 and v.shape[-1] == 3 for k, v in a.items() if k.endswith("conv1.lora_down.weight"))
+    assert any(not torch.equal(v, torch.zeros_like(v)) for k, v in a.items() if k.endswith("lora_up.weight"))
+    (root / "models" / "Lora").mkdir(parents=True, exist_ok=True)
+    (root / "models" / "Lora" / "distilled.safetensors").write_bytes(whole.read_bytes())
+    state.networks.refresh()
+    state.models.load("tiny")
+    result = generate(state, "a cat <lora:distilled:1>", "LCM", 2, 1.0)
+    assert result.warnings == [] and "distilled: " in result.infotexts[0]

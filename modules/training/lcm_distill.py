@@ -87,7 +87,7 @@ def boundary_scalings(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     scaled = t.float() * TIMESTEP_SCALING
     c_skip = SIGMA_DATA ** 2 / (scaled ** 2 + SIGMA_DATA ** 2)
     c_out = scaled / (scaled ** 2 + SIGMA_DATA ** 2).sqrt()
-    return c_skip.view(-1, 1, 1, 1), c_out.view(-1, 1, 1, 1)
+    return _view(c_skip), _view(c_out)
 
 
 def _view(values: torch.Tensor) -> torch.Tensor:
@@ -175,6 +175,7 @@ def distill(model, out: Path, cfg: LcmConfig, work: Path, log=print, init: Path 
 
     prepare_model(model)
     unet = model.unet
+    torch.manual_seed(cfg.seed)  # the pairs' initial weights
     network = LoraNetwork(lcm_targets(unet), cfg.rank, cfg.alpha)
     opt = torch.optim.AdamW(network.parameters(), lr=cfg.lr, weight_decay=0.0)
     state_path = work / "state.pt"
