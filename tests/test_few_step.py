@@ -20,8 +20,9 @@ from modules.training.demo_networks import make_eval_state
 from modules.training.judge import accuracy
 from tests.engine_fixtures import make_state
 
-DEMO = Path("models/Stable-diffusion/demo-shapes.safetensors")
-DEMO_LCM = Path("models/Lora/demo-lcm.safetensors")
+REPO = Path(__file__).resolve().parent.parent
+DEMO = REPO / "models" / "Stable-diffusion" / "demo-shapes.safetensors"
+DEMO_LCM = REPO / "models" / "Lora" / "demo-lcm.safetensors"
 # module-name endings of the official LCM-LoRA files (diffusers names in kohya keys, ResNet convolutions included)
 LCM_LORA_ENDINGS = lcm_distill.TARGET_ENDINGS
 

@@ -148,11 +148,11 @@ def _resume_key(cfg: LcmConfig) -> str:
     return json.dumps({k: v for k, v in asdict(cfg).items() if k not in ("steps", "checkpoint_minutes")})
 
 
-def _metadata(model, cfg: LcmConfig, step: int, seconds: float) -> dict[str, str]:
+def _metadata(model, cfg: LcmConfig, out: Path, step: int, seconds: float) -> dict[str, str]:
     return {
         **base_model_metadata(model),
         "ss_network_module": "networks.lora", "ss_network_dim": str(cfg.rank), "ss_network_alpha": str(cfg.alpha),
-        "ss_output_name": DEFAULT_OUT.stem, "ss_steps": str(step), "ss_training_time_s": f"{seconds:.0f}",
+        "ss_output_name": out.stem, "ss_steps": str(step), "ss_training_time_s": f"{seconds:.0f}",
         "ss_training_comment": (
             "LCM-LoRA distilled from the bundled demo model by modules/training/lcm_distill.py: "
             f"teacher CFG {cfg.guidance}, {cfg.grid}-step DDIM solver grid, Huber c {cfg.huber_c}. "
@@ -197,7 +197,7 @@ def distill(model, out: Path, cfg: LcmConfig, work: Path, log=print, init: Path 
         uncond = encode_text(model, tokens([""]))[0]
 
     def save() -> None:
-        write_safetensors_atomic(network.kohya_state(), _metadata(model, cfg, step, spent), out)
+        write_safetensors_atomic(network.kohya_state(), _metadata(model, cfg, out, step, spent), out)
         out.with_suffix(".json").write_text(json.dumps(card(cfg), indent=1) + "\n")
         save_atomic({"network": network.state_dict(), "optimizer": opt.state_dict(), "step": step,
                      "seconds": spent, "config": _resume_key(cfg)}, state_path)
