@@ -28,6 +28,17 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def kept_sd15(keep: Path | None, prefix: str) -> Path:
+    """The SD1.5-size checkpoint ``sd15.safetensors`` in ``keep`` (a new temporary folder when None), written
+    (seed 0) only when it is not there yet."""
+    folder = keep or Path(tempfile.mkdtemp(prefix=prefix))
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "sd15.safetensors"
+    if not path.exists():
+        write_sd15(path, 0)
+    return path
+
+
 def write_sd15(path: Path, seed: int) -> None:
     import torch
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -96,10 +107,10 @@ def main() -> None:
 def lora_timings(model, rank: int = 32, repeats: int = 5) -> None:
     """Apply/remove a rank-``rank`` kohya LoRA (every transformer-block linear + CLIP linear) on the loaded model."""
     from bench.bench_lora import kohya_lora, median_of
+    from modules.models.export import save_safetensors
     from modules.networks.active import ldm_names
     from modules.networks.lora import build_module_index, load_network
     from modules.networks.patcher import NetworkPatch, WeightPatcher
-    from modules.models.export import save_safetensors
 
     models = {"unet": model.unet, "te1": model.text_encoders[0]}
     with tempfile.TemporaryDirectory() as tmp:

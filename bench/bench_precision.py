@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.bench_models import write_sd15
+from bench.bench_models import kept_sd15
 
 ROOT = Path(__file__).resolve().parents[1]
 DEMO = ROOT / "models" / "Stable-diffusion" / "demo-shapes.safetensors"
@@ -75,11 +74,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--keep", type=Path, help="folder for the SD1.5-size checkpoint (reused if present)")
     args = ap.parse_args()
-    folder = args.keep or Path(tempfile.mkdtemp(prefix="sd-bench-precision-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    sd15 = folder / "sd15.safetensors"
-    if not sd15.exists():
-        write_sd15(sd15, 0)
+    sd15 = kept_sd15(args.keep, "sd-bench-precision-")
     compare(DEMO, 64, args.steps)
     compare(sd15, args.size, args.steps)
 

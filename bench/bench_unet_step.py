@@ -9,12 +9,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.bench_models import write_sd15
+from bench.bench_models import kept_sd15
 
 
 def main() -> None:
@@ -31,11 +30,7 @@ def main() -> None:
     from modules.models.loader import LoadOptions, load_checkpoint
     from modules.processing.token_merging import TokenMerging
 
-    folder = args.keep or Path(tempfile.mkdtemp(prefix="sd-bench-unet-"))
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "sd15.safetensors"
-    if not path.exists():
-        write_sd15(path, 0)
+    path = kept_sd15(args.keep, "sd-bench-unet-")
     plan = plan_devices("cpu")
     full = load_checkpoint(path, LoadOptions(dtype=torch.float32, vae_dtype=torch.float32))
     ours = load_checkpoint(path, LoadOptions(dtype=plan.dtype, vae_dtype=plan.vae_dtype,
