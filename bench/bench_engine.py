@@ -6,9 +6,9 @@ after an untimed 3-step warm-up of each at every size, alternating them (and who
 load and warm-up effects affect all alike. Weights are random (fp16 file); the work per step is that of a real SD1.5.
 
 ``--precision default`` (the default): ours as it starts on this machine (on a CPU with native bf16: UNet, text
-encoder and VAE in bf16, channels_last) against diffusers' default pipeline (fp32, its own copy of the weights) and
-against diffusers forced to ours' dtype and layout (the pipeline over our very modules) — so that the gain is shown
-to be more than the dtype. ``--precision full``: both in fp32 on the same modules (the parity measurement).
+encoder and VAE in bf16, channels_last, convolution weights kept blocked) against diffusers' default pipeline (fp32,
+its own copy of the weights) and against diffusers forced to ours' dtype and layout (its own copy of the weights in
+bf16 channels_last, plain convolutions) — so that the gain is shown to be more than the dtype. ``--precision full``: both in fp32 on the same modules (the parity measurement).
 With ``--ngms SIGMA`` ours also runs with A1111's "Negative Guidance minimum sigma" (off by default, as in A1111):
 the uncond pass is left out on every other step below that sigma; reported as an extra end-to-end ratio.
 ``--token-merging R`` also runs ours with that token_merging_ratio; ``--compile`` compiles our UNet (the first
@@ -72,6 +72,7 @@ def main() -> None:
     from modules.clip_tokenizer import load_clip_tokenizer
     from modules.cmd_args import parse_command_line
     from modules.hooks import HookPoint, HookRegistry
+    from modules.models.loader import LoadOptions, load_checkpoint
     from modules.processing.params import Txt2ImgParams
     from modules.processing.runner import run_job
 
@@ -102,7 +103,10 @@ def main() -> None:
     if args.precision == "default":
         pipes["diffusers fp32"] = pipeline(app_state("full").models.current)  # its own fp32 copy
         if not args.compile:
-            pipes[f"diffusers {state.plan.precision}"] = pipeline(model)  # forced to our dtype and layout
+            plan = state.plan  # diffusers forced to our dtype and layout, on its own copy with plain convolutions
+            pipes[f"diffusers {plan.precision}"] = pipeline(load_checkpoint(
+                ckpt_dir / "sd15.safetensors",
+                LoadOptions(dtype=plan.dtype, vae_dtype=plan.vae_dtype, channels_last=plan.channels_last)))
     else:
         pipes["diffusers"] = pipeline(model)
     prompt, negative = "a photo of a cat, highly detailed", "blurry"

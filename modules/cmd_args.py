@@ -360,9 +360,11 @@ def build_parser(root: Path = REPO_ROOT, commands: Mapping[str, str] | None = No
                          help="keep the VAE in fp32 (avoids black/NaN images from some VAEs)")
     memory = compute.add_mutually_exclusive_group()
     memory.add_argument("--medvram", action="store_true",
-                        help="keep only the component in use (text encoder, UNet or VAE) on the GPU")
+                        help="keep only the component in use (text encoder, UNet or VAE) on the GPU; on a CPU: "
+                        "no second, blocked copy of the convolution weights (less memory, slower bf16 steps)")
     memory.add_argument("--lowvram", action="store_true",
-                        help="move the model to the GPU module by module (slowest, least memory)")
+                        help="move the model to the GPU module by module (slowest, least memory); on a CPU: as "
+                        "--medvram")
     compute.add_argument("--medvram-sdxl", action="store_true",
                          help="--medvram only while an SDXL model is loaded (SD1/SD2 models stay on the GPU)")
     compute.add_argument("--precision", choices=PRECISIONS, default="autocast",

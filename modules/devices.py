@@ -2,10 +2,11 @@
 
 Defaults: CUDA in bf16 where the GPU supports it, else fp16; MPS in fp16; a CPU with native bf16 arithmetic (AMX
 or AVX512-BF16) computes the UNet, the text encoders and the VAE in bf16, the UNet and VAE in channels_last memory
-format; other CPUs compute in fp32. ``--no-half`` keeps
-the UNet and text encoders in fp32, ``--no-half-vae`` the VAE; ``--precision full`` means fp32 everywhere. ``--medvram`` keeps every component on the CPU
-and moves the one in use to the GPU (``--medvram-sdxl``: only while an SDXL model is loaded); ``--lowvram`` moves the
-model block by block with forward hooks.
+format with their convolution weights kept in oneDNN's blocked layout (:mod:`modules.models.packed_conv`); other
+CPUs compute in fp32. ``--no-half`` keeps the UNet and text encoders in fp32, ``--no-half-vae`` the VAE;
+``--precision full`` means fp32 everywhere. ``--medvram`` keeps every component on the CPU and moves the one in use
+to the GPU (``--medvram-sdxl``: only while an SDXL model is loaded); ``--lowvram`` moves the model block by block with
+forward hooks. On a CPU, ``--medvram`` and ``--lowvram`` leave the convolution weights unpacked (no second copy).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ class DevicePlan:
     vae_dtype: object
     offload: str = "none"  # "none", "medvram", "medvram-sdxl" (medvram for SDXL models only) or "lowvram"
     channels_last: bool = False  # UNet and VAE 4-D weights (and so activations) in channels_last memory format
+    packed_convs: bool = False  # UNet and VAE convolutions keep their weights in oneDNN's blocked layout
 
     @property
     def is_cpu(self) -> bool:
@@ -130,7 +132,8 @@ def plan_devices(device: str | None = None, no_half: bool = False, no_half_vae: 
     keep_large_allocations_returnable()
     offload = "none" if dev == "cpu" else ("lowvram" if lowvram else "medvram" if medvram
                                            else "medvram-sdxl" if medvram_sdxl else "none")
-    return DevicePlan(dev, dtype, vae_dtype, offload, channels_last)
+    packed_convs = channels_last and not (medvram or lowvram)
+    return DevicePlan(dev, dtype, vae_dtype, offload, channels_last, packed_convs)
 
 
 M_MMAP_THRESHOLD = -3

@@ -84,6 +84,7 @@ class ModelManager:
                     free_memory()
             for component in (model.unet, model.vae, *model.text_encoders):
                 self.offloader.place(component, _is_sdxl(model))
+            self._pack(model.unet, model.vae)
             try:
                 self._apply_vae(self.vae_choice)
             except ModelFileError as e:
@@ -116,6 +117,14 @@ class ModelManager:
             free_memory()
             self.load(previous)
             raise
+
+    def _pack(self, *components) -> None:
+        """Keep the convolution weights of ``components`` in oneDNN's blocked layout where the plan says so."""
+        if self.plan.packed_convs:
+            from .packed_conv import pack_convolutions
+
+            for component in components:
+                pack_convolutions(component)
 
     def _retire(self, info: CheckpointInfo, model: SDModel) -> None:
         if self.cache_size > 1:
@@ -159,6 +168,7 @@ class ModelManager:
             self.current, self.current_info = model, info
             for component in (model.unet, model.vae, *model.text_encoders):
                 self.offloader.place(component, _is_sdxl(model))
+            self._pack(model.unet, model.vae)
             self._apply_vae(self.vae_choice)
             return model
 
@@ -190,6 +200,7 @@ class ModelManager:
                                 LoadOptions(allow_pickle=self.allow_pickle, dtype=self.plan.vae_dtype,
                                             channels_last=self.plan.channels_last))
             self.offloader.place(vae, _is_sdxl(model))
+            self._pack(vae)
             model.vae = vae
         self.vae_source = source
         self._vae_applied = (id(model), source)
