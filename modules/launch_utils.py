@@ -274,11 +274,12 @@ RAY_CLUSTER_TESTS = "tests/test_workers.py"
 
 def suite_runs(args: Sequence[str]) -> list[list[str]]:
     """The pytest argument lists ``launch.py test args…`` runs, in order: ``args`` as given; with none, the whole
-    suite in two parallel processes (pytest-xdist, one test file per process at a time), then the Ray-cluster
-    module on its own."""
+    suite in two parallel processes (pytest-xdist, one test file per process at a time, in the order
+    ``tests/conftest.py`` gives them), then the Ray-cluster module on its own."""
     if args:
         return [list(args)]
-    return [["-n", "2", "--dist", "loadfile", f"--ignore={RAY_CLUSTER_TESTS}"], [RAY_CLUSTER_TESTS]]
+    return [["-n", "2", "--dist", "loadfile", "--no-loadscope-reorder", f"--ignore={RAY_CLUSTER_TESTS}"],
+            [RAY_CLUSTER_TESTS]]
 
 
 def run_tests(options: LaunchOptions, args: Sequence[str]) -> int:

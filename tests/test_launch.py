@@ -167,6 +167,7 @@ def test_requirements_come_from_pyproject_with_the_requested_extras(tmp_path):
 def test_the_whole_suite_runs_in_two_processes_then_the_ray_cluster_module_alone():
     whole = suite_runs([])
     assert whole[0][:4] == ["-n", "2", "--dist", "loadfile"] and "--ignore=tests/test_workers.py" in whole[0]
+    assert "--no-loadscope-reorder" in whole[0]  # files run in tests/conftest.py's order: the browser files first
     assert whole[1] == ["tests/test_workers.py"] and (ROOT / whole[1][0]).is_file()
     assert suite_runs(["-x", "tests/test_launch.py"]) == [["-x", "tests/test_launch.py"]]  # given: as given
 

@@ -29,7 +29,7 @@ from modules.processing.debris import remove_save_debris
 from modules.processing.finite import NonFiniteOutput
 from modules.processing.params import Txt2ImgParams
 from modules.processing.runner import run_job
-from tests.test_webui_browser import browser, chromium_path, generate, small_job, watched_page  # noqa: F401
+from tests.browser_support import browser, chromium_path, generate, small_job, watched_page  # noqa: F401
 from tests.webui_server import (
     REPO,
     ServerProcess,

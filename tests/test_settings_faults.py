@@ -8,7 +8,7 @@ import pytest
 
 from modules.hashing import HashCache
 from modules.settings import SettingsStore
-from tests.test_webui_browser import browser, chromium_path, watched_page  # noqa: F401 - fixtures
+from tests.browser_support import browser, chromium_path, watched_page  # noqa: F401 - fixtures
 from tests.webui_server import running_server
 
 playwright_api = pytest.importorskip("playwright.sync_api")

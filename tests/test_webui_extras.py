@@ -10,7 +10,7 @@ import pytest
 from PIL import Image, PngImagePlugin
 
 from tests import tiny_upscaler
-from tests.test_webui_browser import browser, chromium_path, choose, set_number, shot, watched_page  # noqa: F401
+from tests.browser_support import browser, chromium_path, choose, set_number, shot, watched_page  # noqa: F401
 from tests.webui_server import running_server
 
 PARAMETERS = "a blue square on yellow\nSteps: 5, Sampler: Euler, CFG scale: 6, Seed: 7, Size: 48x40"

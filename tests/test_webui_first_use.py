@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_webui_browser import (  # noqa: F401 - browser and chromium_path are fixtures
+from tests.browser_support import (  # noqa: F401 - browser and chromium_path are fixtures
     browser,
     choose,
     chromium_path,
@@ -184,18 +184,22 @@ def _train_from_the_page(page, kind: str, name: str, folder, while_training=None
     page.wait_for_function("() => /20 images \\(20 with captions\\)/.test("
                            "document.querySelector('#train_status').innerText)")
     assert page.locator("#train_dataset img").count() == 20
+    points = "() => +(document.querySelector('#train_loss_plot svg')?.dataset.points || 0)"
+    page.evaluate(f"""() => {{  // every point count the curve shows, in order
+        const seen = window.sdSeenPoints = [];
+        setInterval(() => {{ const n = ({points})(); if (seen[seen.length - 1] !== n) seen.push(n); }}, 20);
+    }}""")
     page.click("#train_start")
     page.wait_for_function("() => !/Trained/.test(document.querySelector('#train_status').innerText)")  # a new run
-    points = "() => +(document.querySelector('#train_loss_plot svg')?.dataset.points || 0)"
     page.wait_for_function(f"() => ({points})() >= 2", timeout=120_000)
-    first = page.evaluate(points)
-    page.wait_for_function(f"() => ({points})() > {first} + 20", timeout=120_000)  # the curve updates
     if while_training is not None:
         while_training(page)
     page.wait_for_selector("#train_sample img", timeout=120_000)  # the step-50 sample
     page.wait_for_function("() => /Trained|failed/.test(document.querySelector('#train_status').innerText)",
                            timeout=300_000)
     assert page.evaluate(points) == 150
+    during = [n for n in page.evaluate("() => window.sdSeenPoints") if 0 < n < 150]
+    assert len(during) >= 3 and during == sorted(during), during  # the curve grew while it trained
     assert page.locator("#train_samples img").count() == 3  # steps 50, 100, 150
     return page.inner_text("#train_status")
 

@@ -14,7 +14,7 @@ from PIL import Image, ImageDraw
 
 from modules import a1111_options
 from modules.infotext import parse_infotext
-from tests.test_webui_browser import (  # noqa: F401 - browser, chromium_path and page are fixtures
+from tests.browser_support import (  # noqa: F401 - browser, chromium_path and page are fixtures
     browser,
     choose,
     chromium_path,

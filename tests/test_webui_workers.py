@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tests.test_webui_browser import (  # noqa: F401 - browser and chromium_path are fixtures
+from tests.browser_support import (  # noqa: F401 - browser and chromium_path are fixtures
     browser,
     chromium_path,
     record_progress,

@@ -5,7 +5,7 @@ plain tensor each call and oneDNN re-lays it out every time: measured on an SD1.
 reorders took 29% of the step (docs/performance.md). :func:`pack_convolutions` makes each ``nn.Conv2d`` of a model
 keep the blocked copy it computed last, and reuse it while the weight tensor, its version counter (bumped by every
 in-place write: a LoRA patched in or restored, a checkpoint loaded into the same memory) and the input's shape stay
-the same; anything else computes it again. Calls that need gradients, other devices or padding modes run as before.
+the same (the layout oneDNN picks depends on batch × height × width); anything else computes it again. Calls that need gradients, other devices or padding modes run as before.
 The blocked copies cost as much memory as the convolution weights they mirror.
 """
 from __future__ import annotations
