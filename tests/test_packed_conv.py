@@ -24,9 +24,9 @@ def test_the_plan_packs_exactly_where_it_computes_bf16_on_the_cpu():
         assert not plan.packed_convs  # fp32, or the user asked to save memory
 
 
-def _conv(seed: int = 0, **kw) -> nn.Conv2d:
-    torch.manual_seed(seed)
-    return nn.Conv2d(64, 96, 3, padding=1, **kw).to(torch.bfloat16).to(memory_format=torch.channels_last)
+def _conv() -> nn.Conv2d:
+    torch.manual_seed(0)
+    return nn.Conv2d(64, 96, 3, padding=1).to(torch.bfloat16).to(memory_format=torch.channels_last)
 
 
 def _input(*shape: int, seed: int = 1) -> torch.Tensor:
@@ -75,10 +75,6 @@ def _plain(model):
             module.__class__ = nn.Conv2d
 
 
-def _packed(model):
-    pack_convolutions(model)
-
-
 @NATIVE_BF16
 def test_images_match_plain_convolutions_with_a_lora_in_and_out(demo):
     model = demo.models.current
@@ -96,4 +92,35 @@ def test_images_match_plain_convolutions_with_a_lora_in_and_out(demo):
         assert np.array_equal(generate(demo, prompt, 5), base)
     finally:
         for part in (model.unet, model.vae):
-            _packed(part)
+            pack_convolutions(part)
+
+
+@NATIVE_BF16
+def test_compile_traces_the_unet_in_one_graph_with_the_plain_convolutions(tmp_path):
+    """--compile on a bf16 CPU: dynamo sees the plain convolution (inductor lowers it), not the blocked-weight path,
+    so the UNet stays one graph and gives the uncompiled image (the "aot_eager" backend, as tests/test_compile.py)."""
+    from modules.models.compile import CompileSettings, compile_unet
+    from modules.processing.params import Txt2ImgParams
+    from modules.processing.runner import run_job
+    from tests.engine_fixtures import make_state
+
+    state = make_state(tmp_path, {"tiny": "sd1"}, flags=["--precision", "autocast"])
+    unet = state.models.current.unet
+    assert unet.dtype == torch.bfloat16 and type(unet.conv_in) is PackedConv2d
+
+    def t2i():
+        params = Txt2ImgParams(prompt="a red circle", steps=3, width=64, height=64, seed=2, sampler_name="Euler",
+                               do_not_save_samples=True, do_not_save_grid=True)
+        return np.asarray(run_job(state, params).images[0].convert("RGB"), dtype=np.float32)
+
+    before = t2i()
+    graphs = []
+    aot_eager = torch._dynamo.lookup_backend("aot_eager")
+
+    def counting(graph, example_inputs):
+        graphs.append(graph)
+        return aot_eager(graph, example_inputs)
+
+    assert compile_unet(unet, CompileSettings(tmp_path / "cache", backend=counting))
+    assert np.abs(t2i() - before).max() <= 2
+    assert len(graphs) == 1

@@ -5,8 +5,9 @@ plain tensor each call and oneDNN re-lays it out every time: measured on an SD1.
 reorders took 29% of the step (docs/performance.md). :func:`pack_convolutions` makes each ``nn.Conv2d`` of a model
 keep the blocked copy it computed last, and reuse it while the weight tensor, its version counter (bumped by every
 in-place write: a LoRA patched in or restored, a checkpoint loaded into the same memory) and the input's shape stay
-the same (the layout oneDNN picks depends on batch × height × width); anything else computes it again. Calls that need gradients, other devices or padding modes run as before.
-The blocked copies cost as much memory as the convolution weights they mirror.
+the same (the layout oneDNN picks depends on batch × height × width); anything else computes it again. Calls that
+need gradients, other dtypes or devices, other padding modes, or that torch.compile traces run the plain
+convolution. The blocked copies cost as much memory as the convolution weights they mirror.
 """
 from __future__ import annotations
 
@@ -35,6 +36,8 @@ class PackedConv2d(nn.Conv2d):
             "none", [], "")
 
     def _packable(self, x: torch.Tensor, weight: torch.Tensor) -> bool:
+        if torch.compiler.is_compiling():  # --compile: the graph gets the plain convolution, inductor lowers it
+            return False
         grad = torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad
                                             or (self.bias is not None and self.bias.requires_grad))
         return (not grad and x.dim() == 4 and x.device.type == "cpu" and weight.device.type == "cpu"
@@ -51,4 +54,3 @@ def pack_convolutions(model: nn.Module) -> int:
             module.__class__ = PackedConv2d
             count += 1
     return count
-
