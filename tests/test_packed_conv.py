@@ -96,6 +96,24 @@ def test_images_match_plain_convolutions_with_a_lora_in_and_out(demo):
 
 
 @NATIVE_BF16
+def test_a_refiner_loaded_in_the_middle_of_a_job_runs_on_packed_convolutions(tmp_path):
+    """A job computes in inference mode; a checkpoint it loads (the refiner) still gets ordinary weight tensors,
+    whose version counter the blocked copies follow."""
+    from modules.processing.params import Txt2ImgParams
+    from modules.processing.runner import run_job
+    from tests.engine_fixtures import make_state
+
+    # another architecture: loaded into new tensors, not into the base model's memory
+    state = make_state(tmp_path, {"tiny": "sd1", "other": "sd2"}, flags=["--precision", "autocast"])
+    params = Txt2ImgParams(prompt="a red circle", steps=4, width=64, height=64, seed=2, sampler_name="Euler",
+                           refiner_checkpoint="other", refiner_switch_at=0.5, do_not_save_samples=True,
+                           do_not_save_grid=True)
+    assert "Refiner: other" in run_job(state, params).infotexts[0]
+    refiner = state.models.load("other")
+    assert not refiner.unet.conv_in.weight.is_inference() and type(refiner.unet.conv_in) is PackedConv2d
+
+
+@NATIVE_BF16
 def test_compile_traces_the_unet_in_one_graph_with_the_plain_convolutions(tmp_path):
     """--compile on a bf16 CPU: dynamo sees the plain convolution (inductor lowers it), not the blocked-weight path,
     so the UNet stays one graph and gives the uncompiled image (the "aot_eager" backend, as tests/test_compile.py)."""

@@ -167,12 +167,17 @@ def load_checkpoint(path: str | Path, options: LoadOptions = LoadOptions(), recy
     has the same architecture, names, shapes and dtypes in every component, checked before anything is written
     (then copying into memory that is already allocated and mapped is much faster than allocating it again); on
     any failure before that point ``recycle`` is untouched. Its modules must not be used afterwards.
+    The weights are ordinary tensors even when a job loads the model inside ``torch.inference_mode`` (a refiner):
+    inference tensors keep no version counter, which LoRA patches and blocked convolution weights rely on.
     """
+    import torch
+
     path = Path(path)
     try:
-        if path.is_dir():
-            return _load_diffusers_folder(path, options)
-        return _load_single_file(path, options, recycle)
+        with torch.inference_mode(False):
+            if path.is_dir():
+                return _load_diffusers_folder(path, options)
+            return _load_single_file(path, options, recycle)
     except ModelFileError:
         raise
     except (UnknownLayoutError, ValueError, KeyError, RuntimeError) as e:
@@ -299,8 +304,15 @@ def _load_diffusers_folder(path: Path, options: LoadOptions) -> SDModel:
 
 
 def load_vae_file(path: str | Path, expected: VAESpec | None, scaling_factor: float, options: LoadOptions = LoadOptions()):
-    """Load a standalone VAE: original layout (with or without ``first_stage_model.``) or diffusers layout."""
-    path = Path(path)
+    """Load a standalone VAE: original layout (with or without ``first_stage_model.``) or diffusers layout; ordinary
+    tensors also inside ``torch.inference_mode``, as :func:`load_checkpoint`."""
+    import torch
+
+    with torch.inference_mode(False):
+        return _load_vae_file(Path(path), expected, scaling_factor, options)
+
+
+def _load_vae_file(path: Path, expected: VAESpec | None, scaling_factor: float, options: LoadOptions):
     try:
         shapes, _ = read_shapes(path, options.allow_pickle)
         sd = load_state_dict(path, options.allow_pickle)
