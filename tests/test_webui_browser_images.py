@@ -210,7 +210,9 @@ def test_styles_save_and_apply_and_parameters_paste_into_img2img_from_png_info_a
     page.fill("#txt2img_style_name input, #txt2img_style_name textarea", "paint")
     page.click("#txt2img_style_save")
     page.wait_for_selector("text=Saved style 'paint'")
-    page.click("#txt2img_clear_prompt")
+    page.click("#txt2img_clear_prompt")  # answered by the server: type once the boxes are empty, as a person would
+    page.wait_for_function("() => ['#txt2img_prompt', '#txt2img_neg_prompt'].every("
+                           "id => document.querySelector(id + ' textarea').value === '')")
     page.fill("#txt2img_prompt textarea", "a boat")
     page.click("#txt2img_styles input")
     page.get_by_role("option", name="paint", exact=True).click()
